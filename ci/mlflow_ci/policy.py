@@ -1,0 +1,371 @@
+"""The policy file ``mlflow-ci.yaml``: schema, loading with line numbers, and resolution.
+
+One file per ML project configures everything.  It is parsed into frozen pydantic models
+(unknown keys rejected, the nearest valid key suggested) and every error names the file, the
+line, the key path, the bad value and what was expected.
+
+Precedence, lowest first, implemented once in :func:`load_policy`:
+
+1. defaults written in the models below;
+2. the policy file;
+3. environment variables ``MLFLOW_CI__<SECTION>__<KEY>`` (e.g. ``MLFLOW_CI__SMOKE__ENV_MANAGER=uv``),
+   values parsed as YAML scalars;
+4. CLI flags, passed in as dotted overrides (``{"smoke.env_manager": "local"}``).
+
+:class:`LoadedPolicy` remembers where each value came from (``sources``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import PolicyError
+
+POLICY_FILENAME = "mlflow-ci.yaml"
+ENV_PREFIX = "MLFLOW_CI__"
+
+EnvManager = Literal["local", "virtualenv", "uv"]
+
+_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+DEFAULT_PLACEHOLDERS: dict[str, str] = {
+    "date": r"\d{4}-?\d{2}-?\d{2}",
+    "seed": r"\d+",
+    "objective": r"[a-z][a-z0-9-]*",
+    "model": r"[A-Za-z0-9-]+",
+}
+
+
+class Naming(_Model):
+    """Naming conventions. ``{placeholder}`` stands for a pattern; ``{project}`` is the project name."""
+
+    experiment: str = Field("exp_{project}_{date}", description="Template for experiment names.")
+    run: str = Field("run_{objective}_{seed}", description="Template for run names.")
+    date_format: str = Field("%Y%m%d", description="strftime format used to render {date}.")
+    placeholders: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra or overriding regular expressions for placeholders.",
+    )
+
+    @field_validator("placeholders")
+    @classmethod
+    def _regexes_compile(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, pattern in value.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"placeholder {key!r}: {pattern!r} is not a valid regular expression ({exc})")
+        return value
+
+    @model_validator(mode="after")
+    def _templates_known(self) -> Naming:
+        known = {"project", *DEFAULT_PLACEHOLDERS, *self.placeholders}
+        for key in ("experiment", "run"):
+            for name in re.findall(r"{(\w+)}", getattr(self, key)):
+                if name not in known:
+                    raise ValueError(
+                        f"{key} template uses {{{name}}}, which is not a known placeholder; "
+                        f"known: {', '.join(sorted(known))} (add it under naming.placeholders)"
+                    )
+        return self
+
+    def pattern(self, which: Literal["experiment", "run"], project: str) -> str:
+        """The anchored regular expression a name must match."""
+        table = {**DEFAULT_PLACEHOLDERS, **self.placeholders, "project": re.escape(project)}
+        template = getattr(self, which)
+        out, pos = [], 0
+        for m in re.finditer(r"{(\w+)}", template):
+            out.append(re.escape(template[pos : m.start()]))
+            out.append(f"(?:{table[m.group(1)]})")
+            pos = m.end()
+        out.append(re.escape(template[pos:]))
+        return "^" + "".join(out) + "$"
+
+    def render(self, which: Literal["experiment", "run"], project: str, **values: Any) -> str:
+        values.setdefault("project", project)
+        values.setdefault("date", dt.datetime.now(dt.timezone.utc).strftime(self.date_format))
+        try:
+            return getattr(self, which).format(**values)
+        except KeyError as exc:
+            raise PolicyError(
+                f"Cannot render the {which} name {getattr(self, which)!r}: no value for {exc}."
+            ) from None
+
+
+class Tags(_Model):
+    required: list[str] = Field(
+        default_factory=lambda: ["dataset", "env", "purpose", "owner"],
+        description="Tags every run must carry (non-empty).",
+    )
+    patterns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Regular expressions that a tag's value must match, e.g. {env: '^(dev|ci|prod)$'}.",
+    )
+
+    @field_validator("patterns")
+    @classmethod
+    def _regexes_compile(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, pattern in value.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"tag {key!r}: {pattern!r} is not a valid regular expression ({exc})")
+        return value
+
+
+class Smoke(_Model):
+    entry_point: str = Field("main", description="MLproject entry point to run.")
+    parameters: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Parameters passed to the entry point in smoke mode."
+    )
+    env_manager: EnvManager = Field(
+        "virtualenv", description="How `mlflow run` builds the environment: virtualenv, uv or local."
+    )
+    predict_env_manager: EnvManager | None = Field(
+        None, description="Environment for the load-and-predict check; defaults to env_manager."
+    )
+    timeout: int = Field(900, gt=0, description="Seconds the entry point may take.")
+    experiment: str | None = Field(
+        None, description="Experiment to log into; default rendered from naming.experiment."
+    )
+    required_params: list[str] = Field(default_factory=list)
+    required_metrics: list[str] = Field(default_factory=list)
+    required_artifacts: list[str] = Field(
+        default_factory=list, description="Run artifact paths that must exist (files or folders)."
+    )
+    model_artifact_path: str = Field(
+        "model", description="Name the model is logged under (mlflow.<flavor>.log_model(name=...))."
+    )
+    require_dataset: bool = Field(True, description="A dataset must be recorded with mlflow.log_input.")
+    require_signature: bool = True
+    require_input_example: bool = True
+
+
+class Policy(_Model):
+    """Root of ``mlflow-ci.yaml``. Sections added by later capabilities are optional."""
+
+    version: Literal[1] = Field(1, description="Policy format version.")
+    project: str = Field(..., pattern=_NAME_RE, description="Project name, used in names and reports.")
+    naming: Naming = Field(default_factory=Naming)
+    tags: Tags = Field(default_factory=Tags)
+    smoke: Smoke = Field(default_factory=Smoke)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    policy: Policy
+    path: Path | None
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def source_of(self, dotted: str) -> str:
+        """Where a value came from: ``default``, ``<file>:<line>``, ``env VAR`` or ``flag``."""
+        parts = dotted.split(".")
+        for i in range(len(parts), 0, -1):
+            key = ".".join(parts[:i])
+            if key in self.sources:
+                return self.sources[key]
+        return "default"
+
+
+def find_policy(project_dir: Path | str) -> Path | None:
+    candidate = Path(project_dir) / POLICY_FILENAME
+    return candidate if candidate.is_file() else None
+
+
+def _compose(text: str, path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """Parse YAML and record the 1-based line of every key path."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f"{mark.line + 1}" if mark else "?"
+        raise PolicyError(
+            f"{path}:{line}: not valid YAML: {exc.problem or exc}"
+            + (f" ({exc.context})" if exc.context else "")
+            + ". Fix the syntax (indentation, quotes, a missing colon) and try again."
+        ) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}.") from None
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(n: Any, prefix: tuple[str, ...]) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = (*prefix, str(k.value))
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                key = (*prefix, str(i))
+                lines[key] = v.start_mark.line + 1
+                walk(v, key)
+
+    if node is not None:
+        walk(node, ())
+    return data, lines
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
+    """The field names valid at ``loc`` (used to suggest the nearest key)."""
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        current = _model_in(annotation)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_errors(
+    exc: ValidationError, path: Path | str, lines: dict[tuple[str, ...], int], origins: dict[str, str]
+) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        dotted = ".".join(loc) or "(top level)"
+        where = None
+        origin = origins.get(dotted)
+        if origin:
+            where = origin
+        else:
+            for i in range(len(loc), -1, -1):
+                if loc[:i] in lines:
+                    where = f"{path}:{lines[loc[:i]]}"
+                    break
+        where = where or f"{path}"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(Policy, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], allowed, n=1, cutoff=0.6)
+            expected = f"did you mean {close[0]!r}? " if close else ""
+            problems.append(
+                f"{where}: unknown key {dotted!r}; {expected}valid keys here: {', '.join(allowed) or '(none)'}."
+            )
+        elif kind == "missing":
+            problems.append(f"{where}: required key {dotted!r} is missing.")
+        else:
+            value = err.get("input")
+            shown = json.dumps(value, default=str) if not isinstance(value, dict) else "a mapping"
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            problems.append(f"{where}: key {dotted!r} has value {shown}; expected: {msg}.")
+    return "\n".join(problems)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = data
+    for part in parts[:-1]:
+        nxt = cur.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[part] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    """``MLFLOW_CI__SMOKE__ENV_MANAGER=uv`` → ``{"smoke.env_manager": ("uv", "env MLFLOW_CI__...")}``."""
+    out: dict[str, tuple[Any, str]] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or not raw:
+            continue
+        dotted = ".".join(p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        out[dotted] = (value, f"env {name}")
+    return out
+
+
+def load_policy(
+    path: Path | str | None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    project_default: str | None = None,
+) -> LoadedPolicy:
+    """Load, override and validate a policy. ``path=None`` means defaults only (then
+    ``project_default`` supplies the project name)."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    lines: dict[tuple[str, ...], int] = {}
+    shown_path: Path | str = "(defaults)"
+    if path is not None:
+        path = Path(path)
+        shown_path = path
+        if not path.is_file():
+            raise PolicyError(
+                f"{path}: policy file not found.",
+                hint=f"Create {POLICY_FILENAME} in the project (see the README's policy reference).",
+            )
+        raw, lines = _compose(path.read_text(encoding="utf-8"), path)
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise PolicyError(f"{path}:1: the policy must be a mapping of keys (project:, smoke:, ...), not {type(raw).__name__}.")
+        data = raw
+    if "project" not in data and project_default:
+        data["project"] = project_default
+    origins: dict[str, str] = {}
+    sources: dict[str, str] = {".".join(k): f"{shown_path}:{v}" for k, v in lines.items()}
+    for dotted, (value, origin) in env_overrides(env).items():
+        _set_dotted(data, dotted, value)
+        origins[dotted] = origin
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        _set_dotted(data, dotted, value)
+        origins[dotted] = f"flag ({dotted})"
+    sources.update(origins)
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(
+            f"{shown_path} is not a valid mlflow-ci policy:\n{_format_errors(exc, shown_path, lines, origins)}"
+        ) from None
+    return LoadedPolicy(policy=policy, path=path if isinstance(path, Path) else None, sources=sources)
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Policy.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://mlflow-ci.dev/schema/mlflow-ci.schema.json"
+    schema["title"] = "mlflow-ci policy (mlflow-ci.yaml)"
+    return schema

@@ -1,0 +1,278 @@
+"""The tracking-server fixture: a real ``mlflow server`` on a free port, or any existing URI.
+
+``TrackingServer`` is a context manager that starts the server with the embedded default
+(SQLite + local artifacts in a work folder), waits for ``/health`` and always tears the whole
+process group down.  ``mlflow-ci server up|down`` wraps the same class with a state file so a
+shell or a workflow can keep a server across steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import proc
+from .errors import ConfigError, InfraError, ServerUnreachable
+from .fsutil import atomic_write_json
+
+STATE_FILE = "server.json"
+DEFAULT_STARTUP_TIMEOUT = 60.0
+
+# The MLflow client retries for minutes by default; a CI tool should say "unreachable" sooner.
+CLIENT_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def check_health(url: str, timeout: float = 3.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def require_reachable(uri: str, *, attempts: int = 3, delay: float = 1.0) -> None:
+    """Fail with exit 3 and a clear sentence when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    for i in range(attempts):
+        if check_health(uri):
+            return
+        if i + 1 < attempts:
+            time.sleep(delay * (2**i))
+    raise ServerUnreachable(
+        f"The tracking server at {uri} did not answer /health after {attempts} attempts.",
+        hint="Is MLFLOW_TRACKING_URI (or --tracking-uri) right, and is the server running? "
+        "`mlflow-ci server up` starts a local one.",
+    )
+
+
+def client_env(tracking_uri: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = proc.base_env(CLIENT_ENV)
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    if extra:
+        env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def client_settings(tracking_uri: str) -> Iterator[None]:
+    """Scope the in-process MLflow client to ``tracking_uri`` with bounded retries."""
+    saved = {k: os.environ.get(k) for k in (*CLIENT_ENV, "MLFLOW_TRACKING_URI")}
+    os.environ.update(CLIENT_ENV)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    import mlflow
+
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if previous is not None:
+            mlflow.set_tracking_uri(previous)
+
+
+@dataclass
+class TrackingServer:
+    """A real ``mlflow server`` process.
+
+    ``backend_store_uri`` / ``artifacts_destination`` default to SQLite and a folder inside
+    ``workdir``.  ``extra_args`` lets server profiles add flags (``--app-name``, ...).
+    """
+
+    workdir: Path
+    backend_store_uri: str | None = None
+    artifacts_destination: str | None = None
+    host: str = "127.0.0.1"
+    port: int | None = None
+    workers: int = 1
+    extra_args: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+    _proc: subprocess.Popen[str] | None = field(default=None, init=False, repr=False)
+    _log: Path | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir).resolve()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "server.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def command(self) -> list[str]:
+        backend = self.backend_store_uri or f"sqlite:///{self.workdir / 'mlflow.db'}"
+        artifacts = self.artifacts_destination or str(self.workdir / "artifacts")
+        return [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", backend,
+            "--artifacts-destination", artifacts,
+            "--serve-artifacts",
+            "--host", self.host,
+            "--port", str(self.port),
+            "--workers", str(self.workers),
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self) -> TrackingServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.port is None:
+            self.port = free_port(self.host)
+        env = proc.base_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env})
+        log = self.log_path.open("a", encoding="utf-8")
+        try:
+            self._proc = subprocess.Popen(
+                self.command(),
+                cwd=self.workdir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise InfraError(
+                    f"mlflow server exited with code {self._proc.returncode} before it became healthy. "
+                    f"Last lines of {self.log_path}:\n{proc.tail(self._read_log(), 20)}",
+                    hint="Check the backend store URI and that the port is free.",
+                )
+            if check_health(self.url, timeout=1.0):
+                return
+            time.sleep(0.25)
+        raise InfraError(
+            f"mlflow server at {self.url} did not answer /health within {self.startup_timeout:.0f}s. "
+            f"Last lines of {self.log_path}:\n{proc.tail(self._read_log(), 20)}",
+        )
+
+    def _read_log(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            proc.kill_group(self._proc)  # type: ignore[arg-type]
+            self._proc = None
+
+    def __enter__(self) -> TrackingServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# `mlflow-ci server up|down`: a detached server remembered in a state file.
+
+
+def up(workdir: Path, *, port: int | None = None, backend_store_uri: str | None = None,
+       artifacts_destination: str | None = None) -> dict[str, object]:  # fmt: skip
+    workdir = Path(workdir).resolve()
+    state_path = workdir / STATE_FILE
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        if check_health(str(state["url"])):
+            return dict(state, reused=True)
+        _kill_pid_group(int(state["pid"]))
+    server = TrackingServer(
+        workdir, port=port, backend_store_uri=backend_store_uri, artifacts_destination=artifacts_destination
+    )
+    server.start()
+    state = {"url": server.url, "pid": server.pid, "workdir": str(workdir), "log": str(server.log_path)}
+    atomic_write_json(state_path, state)
+    # Detach: the server lives on after this process; `down` ends it.
+    server._proc = None
+    return dict(state, reused=False)
+
+
+def down(workdir: Path) -> dict[str, object]:
+    state_path = Path(workdir).resolve() / STATE_FILE
+    if not state_path.exists():
+        raise ConfigError(f"No server state in {state_path}: nothing to stop (was `mlflow-ci server up` run there?).")
+    state = json.loads(state_path.read_text())
+    stopped = _kill_pid_group(int(state["pid"]))
+    state_path.unlink()
+    return dict(state, stopped=stopped)
+
+
+def _kill_pid_group(pid: int, grace: float = 5.0) -> bool:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return False
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+@contextlib.contextmanager
+def tracking(uri: str | None, workdir: Path) -> Iterator[str]:
+    """Yield a tracking URI: ``uri`` when given (checked reachable), else a fresh local server."""
+    if uri:
+        if uri.startswith(("sqlite:", "file:", "postgresql", "mysql")) or "://" not in uri:
+            # Direct stores work for the in-process client; `mlflow run` children need HTTP.
+            raise ConfigError(
+                f"Tracking URI {uri!r} is not an HTTP server.",
+                hint="mlflow-ci talks to tracking servers over HTTP (project environments may hold only "
+                "mlflow-skinny); leave --tracking-uri empty to get an embedded server.",
+            )
+        require_reachable(uri)
+        yield uri
+        return
+    with TrackingServer(workdir) as server:
+        yield server.url
