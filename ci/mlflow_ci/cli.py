@@ -1,0 +1,289 @@
+"""The ``mlflow-ci`` command line: parse, dispatch, handle errors. No logic lives here.
+
+Each command is a plain function in its own module taking keyword arguments and returning an
+exit code; :func:`main` wraps them in the single error handler (see :mod:`mlflow_ci.errors`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__, output
+from .errors import EXIT_BUG, EXIT_CODES, EXIT_CONFIG, EXIT_INTERRUPTED, MlflowCiError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items()) + "."
+
+
+def _handle(fn: F) -> F:
+    """Run a command function and turn its outcome into an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            code = fn(*args, **kwargs)
+        except MlflowCiError as exc:
+            output.error(str(exc), title=type(exc).__name__)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            output.error("interrupted")
+            sys.exit(EXIT_INTERRUPTED)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            log = Path(tempfile.gettempdir()) / f"mlflow-ci-crash-{os.getpid()}.log"
+            log.write_text(
+                f"mlflow-ci {__version__}, Python {platform.python_version()}, {platform.platform()}\n"
+                + "".join(traceback.format_exception(exc)),
+                encoding="utf-8",
+            )
+            output.error(
+                f"mlflow-ci hit an internal error ({type(exc).__name__}: {exc}). This is a bug in mlflow-ci; "
+                f"the traceback is in {log}. Please report it with that file."
+            )
+            sys.exit(EXIT_BUG)
+        sys.exit(int(code or 0))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+tracking_option = click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    default=None,
+    help="HTTP tracking server to use (default: $MLFLOW_TRACKING_URI, else an embedded local server).",
+)
+policy_option = click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Policy file (default: <project>/mlflow-ci.yaml).",
+)
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mlflow-ci")
+def cli() -> None:
+    """CI/CD and operations for MLflow projects.
+
+    PR checks (smoke, conventions), quality gates, registry promotion with audit and rollback,
+    serving images, and tracking-server operations, all configured by one mlflow-ci.yaml.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# policy
+
+
+@cli.group(epilog=EPILOG)
+def policy() -> None:
+    """Validate, show and publish the schema of mlflow-ci.yaml."""
+
+
+@policy.command("check", epilog=EPILOG)
+@click.argument("path", type=click.Path(path_type=Path), default=Path("mlflow-ci.yaml"))
+@json_option
+@_handle
+def policy_check(path: Path, as_json: bool) -> int:
+    """Validate a policy file; exit 2 naming file, line and key when it is invalid."""
+    from .policy import find_policy, load_policy
+
+    if path.is_dir():
+        path = find_policy(path) or path / "mlflow-ci.yaml"
+    loaded = load_policy(path)
+    if as_json:
+        emit_json({"path": str(path), "valid": True, "policy": loaded.policy.model_dump(mode="json")})
+    else:
+        output.info(f"{path}: valid mlflow-ci policy for project {loaded.policy.project!r}.")
+    return 0
+
+
+@policy.command("show", epilog=EPILOG)
+@click.argument("path", type=click.Path(path_type=Path), default=Path("mlflow-ci.yaml"))
+@_handle
+def policy_show(path: Path) -> int:
+    """Print the resolved policy with where each value came from (default, file:line, env, flag)."""
+    from .policy import find_policy, load_policy
+
+    if path.is_dir():
+        path = find_policy(path) or path / "mlflow-ci.yaml"
+    loaded = load_policy(path)
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value
+
+    walk("", loaded.policy.model_dump(mode="json"))
+    width = max(len(k) for k in flat)
+    for key, value in flat.items():
+        click.echo(f"{key:<{width}}  {json.dumps(value)}  [{loaded.source_of(key)}]")
+    return 0
+
+
+@policy.command("schema", epilog=EPILOG)
+@click.option("--output", "-o", "out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@_handle
+def policy_schema(out: Path | None) -> int:
+    """Print (or write) the JSON Schema of mlflow-ci.yaml, for editors."""
+    from .fsutil import atomic_write_text
+    from .policy import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if out:
+        atomic_write_text(out, text)
+        output.info(f"wrote {out}")
+    else:
+        click.echo(text, nl=False)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# server
+
+
+@cli.group(epilog=EPILOG)
+def server() -> None:
+    """Start and stop a local tracking server (SQLite + local artifacts)."""
+
+
+@server.command("up", epilog=EPILOG)
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".mlflow-ci/server"),
+              show_default=True, help="Folder for the database, artifacts, log and state file.")  # fmt: skip
+@click.option("--port", type=int, default=None, help="Port (default: a free one).")
+@click.option("--backend-store-uri", default=None, help="Backend store (default: SQLite in the workdir).")
+@click.option("--artifacts-destination", default=None, help="Artifact root (default: a folder in the workdir).")
+@json_option
+@_handle
+def server_up(workdir: Path, port: int | None, backend_store_uri: str | None,
+              artifacts_destination: str | None, as_json: bool) -> int:  # fmt: skip
+    """Start a tracking server in the background and print its URL."""
+    from . import tracking
+
+    state = tracking.up(workdir, port=port, backend_store_uri=backend_store_uri,
+                        artifacts_destination=artifacts_destination)  # fmt: skip
+    output.set_output("tracking_uri", str(state["url"]))
+    if as_json:
+        emit_json(state)
+    else:
+        click.echo(state["url"])
+        output.info(f"tracking server {'already running' if state['reused'] else 'started'} at {state['url']} "
+                    f"(pid {state['pid']}, log {state['log']}); stop it with `mlflow-ci server down`.")  # fmt: skip
+    return 0
+
+
+@server.command("down", epilog=EPILOG)
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".mlflow-ci/server"),
+              show_default=True)  # fmt: skip
+@json_option
+@_handle
+def server_down(workdir: Path, as_json: bool) -> int:
+    """Stop the tracking server started by `server up` (and everything it started)."""
+    from . import tracking
+
+    state = tracking.down(workdir)
+    if as_json:
+        emit_json(state)
+    else:
+        output.info(f"stopped tracking server at {state['url']}.")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# PR checks
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("project", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@policy_option
+@tracking_option
+@click.option("--env-manager", type=click.Choice(["local", "virtualenv", "uv"]), default=None,
+              help="Override smoke.env_manager.")  # fmt: skip
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write smoke.json/.md/.html (default: <project>/reports/mlflow-ci).")  # fmt: skip
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Work folder for the embedded server (default: a temporary folder).")  # fmt: skip
+@click.option("-P", "--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Extra entry-point parameter (repeatable); overrides smoke.parameters.")  # fmt: skip
+@json_option
+@_handle
+def smoke(project: Path, policy_path: Path | None, tracking_uri: str | None, env_manager: str | None,
+          report_dir: Path | None, workdir: Path | None, params: tuple[str, ...], as_json: bool) -> int:  # fmt: skip
+    """Run PROJECT's entry point in smoke mode and verify the run and its model.
+
+    The run must finish, follow the naming conventions, carry the required tags, params and
+    metrics (finite), record its dataset, and log a model with signature and input example that
+    loads and predicts in its own environment.
+    """
+    from .smoke import smoke as run_smoke
+
+    return run_smoke(project=project, policy_path=policy_path, tracking_uri=tracking_uri,
+                     env_manager=env_manager, report_dir=report_dir, workdir=workdir,
+                     params=_parse_params(params), as_json=as_json)  # fmt: skip
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("target")
+@policy_option
+@tracking_option
+@click.option("--max-runs", type=int, default=1000, show_default=True, help="Check at most this many runs.")
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@json_option
+@_handle
+def conventions(target: str, policy_path: Path | None, tracking_uri: str | None, max_runs: int,
+                report_dir: Path | None, as_json: bool) -> int:  # fmt: skip
+    """Check existing runs against the policy: TARGET is a run id, an experiment name or id."""
+    from .conventions import conventions_command
+
+    return conventions_command(target=target, policy_path=policy_path, tracking_uri=tracking_uri,
+                               max_runs=max_runs, report_dir=report_dir, as_json=as_json)  # fmt: skip
+
+
+def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="-P/--param")
+        out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="mlflow-ci", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        return EXIT_CONFIG
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The task runner. CI calls these sessions, so a local run is the same as a CI run.
+
+    nox -s demo     the main job on the embedded default server (no services needed)
+    nox -s tests    the test suite
+    nox -s lint     ruff, format check, workflow linters (actionlint, zizmor, JSON schema)
+    nox -s smoke    mlflow-ci smoke on the example project (args after -- go to the CLI)
+    nox -s bench    benchmarks, each compared with a baseline in the same run
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+EXAMPLE = ROOT / "example_project"
+
+# Offline: never download interpreters.
+os.environ.setdefault("NOX_DOWNLOAD_PYTHON", "never")
+os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def _install(session: nox.Session, *extras: str) -> None:
+    spec = f".[{','.join(extras)}]" if extras else "."
+    session.install("-e", spec)
+
+
+def _env() -> dict[str, str]:
+    """Environment shared by sessions: a persistent cache for project environments."""
+    return {
+        "MLFLOW_ENV_ROOT": os.environ.get("MLFLOW_ENV_ROOT", str(ROOT / ".nox" / "_mlflow_envs")),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the test suite (services are used when present; see tests/conftest.py)."""
+    _install(session, "test", "lint")
+    session.run("pytest", *(session.posargs or ["tests"]), env=_env())
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff (lint + format check) and the workflow linters."""
+    _install(session, "lint")
+    session.run("ruff", "check", "ci", "tests", "bench", "noxfile.py", "example_project")
+    session.run("ruff", "format", "--check", "ci", "tests", "bench", "noxfile.py", "example_project")
+    session.run("python", "-m", "mlflow_ci.workflow_lint", env=_env())
+
+
+@nox.session(python=PYTHON)
+def smoke(session: nox.Session) -> None:
+    """`mlflow-ci smoke` on the example project (or on the args given after --)."""
+    _install(session, "test")
+    args = session.posargs or [str(EXAMPLE)]
+    session.run("mlflow-ci", "smoke", *args, env=_env())
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The main job on the embedded default: start a server, smoke the example project, report."""
+    _install(session, "test")
+    session.run("mlflow-ci", "demo", *session.posargs, env=_env())
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks in bench/: each prints its ratio against a baseline measured in the same run."""
+    _install(session, "test")
+    session.run("python", "-m", "bench", *session.posargs, env=_env())
