@@ -1,0 +1,185 @@
+"""``mlflow-ci smoke``: run a project's entry point in smoke mode and verify what it produced.
+
+Steps: load the policy; start (or reach) a tracking server; ``mlflow run`` the entry point with
+the smoke parameters in the chosen environment; tag the run with reproducibility facts; verify
+the run against the policy (:func:`mlflow_ci.conventions.verify_run`); load the logged model in
+its own environment and predict on its input example.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import envmanagers, output, proc, reproducibility, tracking
+from .conventions import find_logged_model, finish, run_url, verify_run
+from .errors import CommandFailed, ConfigError, PolicyError, ServerUnreachable
+from .policy import LoadedPolicy, Policy, find_policy, load_policy
+from .report import Report, check
+
+RUN_ID_IN_OUTPUT = re.compile(r"=== Run \(ID '([0-9a-f]{32})'\)")
+
+
+def load_project_policy(project: Path, policy_path: Path | None, overrides: dict[str, Any]) -> LoadedPolicy:
+    path = policy_path or find_policy(project)
+    if path is None:
+        raise PolicyError(
+            f"{project / 'mlflow-ci.yaml'}: policy file not found.",
+            hint="Every project carries an mlflow-ci.yaml (at least `project: <name>`); pass --policy to use another.",
+        )
+    return load_policy(path, overrides=overrides)
+
+
+def smoke(*, project: Path, policy_path: Path | None = None, tracking_uri: str | None = None,
+          env_manager: str | None = None, report_dir: Path | None = None, workdir: Path | None = None,
+          params: dict[str, str] | None = None, as_json: bool = False) -> int:  # fmt: skip
+    """The ``mlflow-ci smoke`` command; returns the exit code."""
+    project = Path(project).resolve()
+    if not (project / "MLproject").is_file():
+        raise ConfigError(f"{project} is not an MLflow Project: it has no MLproject file.")
+    loaded = load_project_policy(project, policy_path, {"smoke.env_manager": env_manager})
+    policy = loaded.policy
+    report_dir = Path(report_dir) if report_dir else project / "reports" / "mlflow-ci"
+    with tempfile.TemporaryDirectory(prefix="mlflow-ci-smoke-") as tmp:
+        base = Path(workdir) if workdir else Path(tmp)
+        output.info("tracking server: " + (tracking_uri or "starting an embedded one (SQLite + local artifacts)"))
+        with tracking.tracking(tracking_uri, base / "server") as uri:
+            report = run_smoke(project=project, policy=policy, tracking_uri=uri, params=params or {},
+                               scratch=Path(tmp))  # fmt: skip
+    return finish(report, report_dir=report_dir, as_json=as_json)
+
+
+def run_smoke(*, project: Path, policy: Policy, tracking_uri: str, params: dict[str, str],
+              scratch: Path) -> Report:  # fmt: skip
+    """Run and verify; returns the report (raises only for infrastructure and configuration)."""
+    from mlflow import MlflowClient
+
+    settings = policy.smoke
+    manager = envmanagers.get(settings.env_manager)
+    predictor = envmanagers.get(settings.predict_env_manager or settings.env_manager)
+    manager.preflight()
+    predictor.preflight()
+
+    experiment = settings.experiment or policy.naming.render("experiment", policy.project)
+    parameters = {**{k: _param(v) for k, v in settings.parameters.items()}, **params}
+    report = Report(kind="smoke", title=f"{policy.project} ({settings.entry_point}, {manager.name})",
+                    tracking_uri=tracking_uri)  # fmt: skip
+    report.data.update({"experiment": experiment, "parameters": parameters, "env_manager": manager.name})
+
+    argv = [sys.executable, "-m", "mlflow", "run", str(project), "-e", settings.entry_point,
+            "--env-manager", manager.name, "--experiment-name", experiment]  # fmt: skip
+    for key, value in parameters.items():
+        argv += ["-P", f"{key}={value}"]
+    env = tracking.client_env(tracking_uri)
+    started_ms = int(time.time() * 1000)
+    with output.step(f"mlflow run {project.name} -e {settings.entry_point} ({manager.name})"):
+        try:
+            done = proc.run(argv, env=env, cwd=project, timeout=settings.timeout, check=False, stream=True)
+            returncode, out, elapsed = done.returncode, done.output, done.duration_s
+        except CommandFailed as exc:  # timed out
+            returncode, out, elapsed = exc.returncode, exc.output_tail, float(settings.timeout)
+
+    with tracking.client_settings(tracking_uri):
+        client = MlflowClient(tracking_uri)
+        run_id = _find_run_id(client, out, experiment, started_ms)
+        if run_id:
+            run = client.get_run(run_id)
+            report.run_id = run_id
+            report.run_url = run_url(tracking_uri, run.info.experiment_id, run_id)
+        if returncode != 0:
+            if not tracking.check_health(tracking_uri):
+                raise ServerUnreachable(
+                    f"The tracking server at {tracking_uri} stopped answering while the entry point ran "
+                    f"(mlflow run exited {returncode}).",
+                    hint="Check the server's log; nothing was verified.",
+                )
+            found = f"timed out after {settings.timeout}s" if returncode == -1 else f"exit {returncode}"
+            report.add(check("entry point", False, expected="exit 0", found=found))
+            report.output_tail = proc.tail(out)
+            return report
+        report.add(check("entry point", True, expected="exit 0", found=f"exit 0 in {elapsed:.1f}s"))
+        if not run_id:
+            report.add(check("run found", False, expected="the run mlflow run created", found="none"))
+            report.output_tail = proc.tail(out)
+            return report
+
+        for key, value in reproducibility.facts(
+            project, python_version=manager.python_version(project), env_manager=manager.name
+        ).items():
+            client.set_tag(run_id, key, value)
+        run = client.get_run(run_id)
+        report.data["reproducibility"] = {k: v for k, v in run.data.tags.items() if k.startswith("mlflow_ci.")}
+        report.checks.extend(verify_run(client, run, policy))
+
+        ref = find_logged_model(client, run, settings.model_artifact_path)
+        if ref is not None:
+            with output.step(f"load and predict {ref.uri} ({predictor.name})"):
+                report.add(predict_check(ref.uri, predictor.name, tracking_uri, scratch, settings.timeout))
+    if report.verdict == "fail":
+        report.output_tail = proc.tail(out)
+    return report
+
+
+def predict_check(model_uri: str, env_manager: str, tracking_uri: str, scratch: Path, timeout: int):  # type: ignore[no-untyped-def]
+    """Load the model in its own environment and predict on its saved input example."""
+    import mlflow.artifacts
+
+    with tracking.client_settings(tracking_uri):
+        local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(scratch / "model")))
+    example = local / "serving_input_example.json"
+    expected = "predictions, one per input-example row"
+    if not example.is_file():
+        return check("model loads and predicts", False, expected=expected, found="no serving input example saved")
+    rows = _example_rows(json.loads(example.read_text(encoding="utf-8")))
+    out_file = scratch / "predictions.json"
+    argv = [sys.executable, "-m", "mlflow", "models", "predict", "-m", str(local), "-i", str(example),
+            "-t", "json", "-o", str(out_file), "--env-manager", env_manager]  # fmt: skip
+    try:
+        done = proc.run(argv, env=tracking.client_env(tracking_uri), timeout=timeout, check=False, stream=True)
+    except CommandFailed as exc:
+        return check("model loads and predicts", False, expected=expected, found=str(exc.message.splitlines()[0]),
+                     detail=f"```\n{exc.output_tail}\n```")  # fmt: skip
+    if done.returncode != 0 or not out_file.is_file():
+        return check("model loads and predicts", False, expected=expected, found=f"exit {done.returncode}",
+                     detail=f"```\n{done.tail}\n```")  # fmt: skip
+    predictions = json.loads(out_file.read_text(encoding="utf-8"))
+    if isinstance(predictions, dict):
+        predictions = predictions.get("predictions", predictions)
+    count = len(predictions) if isinstance(predictions, list) else 0
+    ok = count > 0 and (rows is None or count == rows)
+    return check("model loads and predicts", ok, expected=expected,
+                 found=f"{count} predictions for {rows if rows is not None else '?'} rows ({env_manager})")  # fmt: skip
+
+
+def _example_rows(payload: dict[str, Any]) -> int | None:
+    if "dataframe_split" in payload:
+        return len(payload["dataframe_split"].get("data", []))
+    if "dataframe_records" in payload:
+        return len(payload["dataframe_records"])
+    for key in ("inputs", "instances"):
+        if isinstance(payload.get(key), list):
+            return len(payload[key])
+    return None
+
+
+def _find_run_id(client: Any, out: str, experiment: str, started_ms: int) -> str | None:
+    match = RUN_ID_IN_OUTPUT.search(out)
+    if match:
+        return match.group(1)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.start_time >= {started_ms}",
+                              order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
+    return runs[0].info.run_id if runs else None
+
+
+def _param(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
