@@ -262,6 +262,21 @@ def conventions(target: str, policy_path: Path | None, tracking_uri: str | None,
                                max_runs=max_runs, report_dir=report_dir, as_json=as_json)  # fmt: skip
 
 
+@cli.command(epilog=EPILOG)
+@click.option("--project", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=Path("example_project"), show_default=True)  # fmt: skip
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".mlflow-ci/demo"),
+              show_default=True, help="Server data and reports (wiped at start unless --keep).")  # fmt: skip
+@click.option("--env-manager", type=click.Choice(["local", "virtualenv", "uv"]), default=None)
+@click.option("--keep", is_flag=True, help="Keep the previous demo's data.")
+@_handle
+def demo(project: Path, workdir: Path, env_manager: str | None, keep: bool) -> int:
+    """The main job end to end on the embedded default server (no services needed)."""
+    from .demo import demo as run_demo
+
+    return run_demo(project=project, workdir=workdir, env_manager=env_manager, keep=keep)
+
+
 def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for item in items:

@@ -179,11 +179,15 @@ class LoadedPolicy:
 
     def source_of(self, dotted: str) -> str:
         """Where a value came from: ``default``, ``<file>:<line>``, ``env VAR`` or ``flag``."""
+        if dotted in self.sources:
+            return self.sources[dotted]
+        # A whole mapping given by an override supplies its children too; a section written in
+        # the file does not supply the keys it leaves out (those keep their defaults).
         parts = dotted.split(".")
-        for i in range(len(parts), 0, -1):
-            key = ".".join(parts[:i])
-            if key in self.sources:
-                return self.sources[key]
+        for i in range(len(parts) - 1, 0, -1):
+            origin = self.sources.get(".".join(parts[:i]))
+            if origin and origin.startswith(("env ", "flag")):
+                return origin
         return "default"
 
 

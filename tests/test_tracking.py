@@ -1,0 +1,85 @@
+"""The tracking-server fixture: a real server that starts healthy and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from mlflow_ci.errors import InfraError, ServerUnreachable
+from mlflow_ci.tracking import TrackingServer, check_health, free_port, require_reachable
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_context_manager_starts_logs_and_cleans_up(tmp_path: Path) -> None:
+    import mlflow
+
+    with TrackingServer(tmp_path) as server:
+        assert check_health(server.url)
+        pid = server.pid
+        assert pid is not None
+        client = mlflow.MlflowClient(server.url)
+        exp = client.create_experiment("fixture-check")
+        run = client.create_run(exp)
+        client.log_metric(run.info.run_id, "m", 1.5)
+        assert client.get_run(run.info.run_id).data.metrics["m"] == 1.5
+    assert not check_health(server.url)
+    assert not _group_alive(pid), "the server's process group survived the context manager"
+    assert (tmp_path / "mlflow.db").is_file()
+
+
+def test_server_that_cannot_start_is_a_clear_infra_error(tmp_path: Path) -> None:
+    server = TrackingServer(tmp_path, backend_store_uri="postgresql+psycopg2://nobody@127.0.0.1:1/none",
+                            startup_timeout=60)  # fmt: skip
+    with pytest.raises(InfraError, match=r"mlflow server (exited|at)"):
+        server.start()
+    assert server.pid is None
+
+
+def test_unreachable_uri_is_server_unreachable() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ServerUnreachable, match=rf"{url} did not answer /health"):
+        require_reachable(url, attempts=2, delay=0.05)
+
+
+def test_cli_server_up_and_down(tmp_path: Path) -> None:
+    workdir = tmp_path / "srv"
+    up = run_cli("server", "up", "--workdir", str(workdir), "--json")
+    assert up.returncode == 0, up.stderr
+    state = json.loads(up.stdout)
+    try:
+        assert check_health(state["url"])
+        again = run_cli("server", "up", "--workdir", str(workdir), "--json")
+        assert json.loads(again.stdout)["reused"] is True
+    finally:
+        down = run_cli("server", "down", "--workdir", str(workdir))
+    assert down.returncode == 0, down.stderr
+    assert not check_health(state["url"])
+    assert not _group_alive(state["pid"])
+    assert not (workdir / "server.json").exists()
+
+
+def test_cli_server_down_without_state_is_usage_error(tmp_path: Path) -> None:
+    result = run_cli("server", "down", "--workdir", str(tmp_path))
+    assert result.returncode == 2
+    assert "nothing to stop" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_server_killed_is_reported_unhealthy(tmp_path: Path) -> None:
+    with TrackingServer(tmp_path) as server:
+        assert server.pid is not None
+        os.killpg(server.pid, signal.SIGKILL)
+        with pytest.raises(ServerUnreachable):
+            require_reachable(server.url, attempts=2, delay=0.05)
