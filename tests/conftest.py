@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from mlflow_ci.tracking import TrackingServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,3 +108,36 @@ def mysql_uri() -> Iterator[str]:
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         conn.close()
+
+
+# --- tiny generated MLflow Projects for failure modes ------------------------------------------
+
+TINY_MLPROJECT = """name: tiny
+entry_points:
+  main:
+    parameters:
+      seed: {type: int, default: 1}
+    command: "python train.py {seed}"
+"""
+
+TINY_HEADER = """import math, os, sys
+import mlflow
+seed = int(sys.argv[1])
+mlflow.set_tag("mlflow.runName", f"run_classify_{seed}")
+for tag in ("dataset", "env", "purpose", "owner"):
+    mlflow.set_tag(tag, "tiny")
+mlflow.log_param("seed", seed)
+"""
+
+
+def make_project(folder: Path, body: str, policy: str = "") -> Path:
+    """A minimal MLflow Project whose train.py runs ``body`` inside the run (local env only)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "MLproject").write_text(TINY_MLPROJECT, encoding="utf-8")
+    (folder / "train.py").write_text(TINY_HEADER + body, encoding="utf-8")
+    (folder / "mlflow-ci.yaml").write_text(
+        "project: tiny\nsmoke:\n  env_manager: local\n  parameters: {seed: 3}\n  require_dataset: false\n"
+        + policy,
+        encoding="utf-8",
+    )
+    return folder

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 import pytest
 from conftest import run_cli
-
 from mlflow_ci.cli import cli
 from mlflow_ci.errors import EXIT_CODES
 

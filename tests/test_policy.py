@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from mlflow_ci.errors import PolicyError
 from mlflow_ci.policy import Naming, Policy, json_schema, load_policy
 

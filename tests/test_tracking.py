@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-
 from mlflow_ci.errors import InfraError, ServerUnreachable
 from mlflow_ci.tracking import TrackingServer, check_health, free_port, require_reachable
 

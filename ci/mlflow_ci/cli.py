@@ -175,7 +175,9 @@ def server() -> None:
               show_default=True, help="Folder for the database, artifacts, log and state file.")  # fmt: skip
 @click.option("--port", type=int, default=None, help="Port (default: a free one).")
 @click.option("--backend-store-uri", default=None, help="Backend store (default: SQLite in the workdir).")
-@click.option("--artifacts-destination", default=None, help="Artifact root (default: a folder in the workdir).")
+@click.option(
+    "--artifacts-destination", default=None, help="Artifact root (default: a folder in the workdir)."
+)
 @json_option
 @_handle
 def server_up(workdir: Path, port: int | None, backend_store_uri: str | None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,11 @@ from .policy import LoadedPolicy, Policy, find_policy, load_policy
 from .report import Check, Report, check
 
 RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def finite(value: float) -> bool:
+    """MLflow's SQL stores keep +/-inf as +/-float max, so that counts as infinite too."""
+    return math.isfinite(value) and abs(value) < sys.float_info.max
 
 
 @dataclass(frozen=True)
@@ -108,12 +114,14 @@ def verify_run(client: Any, run: Any, policy: Policy, *, check_model: bool = Tru
             checks.append(check(f"metric {name}", False, expected="logged, finite", found="missing"))
             continue
         history = client.get_metric_history(info.run_id, name)
-        bad = [m.value for m in history if not math.isfinite(m.value)]
+        bad = [m.value for m in history if not finite(m.value)]
         checks.append(check(
-            f"metric {name}", math.isfinite(value) and not bad, expected="logged, finite",
+            f"metric {name}", finite(value) and not bad, expected="logged, finite",
             found=f"{value:.6g}" + (f" (non-finite in history: {bad[:3]})" if bad else ""),
         ))  # fmt: skip
-    non_finite = sorted(k for k, v in data.metrics.items() if not math.isfinite(v) and k not in smoke.required_metrics)
+    non_finite = sorted(
+        k for k, v in data.metrics.items() if not finite(v) and k not in smoke.required_metrics
+    )
     if non_finite:
         checks.append(check("all metrics finite", False, expected="no NaN or infinity",
                             found=", ".join(f"{k}={data.metrics[k]}" for k in non_finite)))  # fmt: skip
@@ -126,7 +134,9 @@ def verify_run(client: Any, run: Any, policy: Policy, *, check_model: bool = Tru
         inputs = getattr(run, "inputs", None)
         datasets = [d.dataset for d in (getattr(inputs, "dataset_inputs", None) or [])]
         found = ", ".join(f"{d.name} ({d.digest})" for d in datasets) or "none"
-        checks.append(check("dataset input", bool(datasets), expected="recorded with mlflow.log_input", found=found))
+        checks.append(
+            check("dataset input", bool(datasets), expected="recorded with mlflow.log_input", found=found)
+        )
 
     if check_model:
         checks.extend(verify_model_metadata(client, run, policy))
@@ -180,8 +190,12 @@ def _resolve_runs(client: Any, target: str, max_runs: int) -> tuple[str, list[An
         except MlflowException:
             experiment = None
     if experiment is None:
-        raise ConfigError(f"{target!r} is neither a run id nor an experiment name or id on this tracking server.")
-    runs = client.search_runs([experiment.experiment_id], max_results=max_runs, order_by=["attributes.start_time DESC"])
+        raise ConfigError(
+            f"{target!r} is neither a run id nor an experiment name or id on this tracking server."
+        )
+    runs = client.search_runs(
+        [experiment.experiment_id], max_results=max_runs, order_by=["attributes.start_time DESC"]
+    )
     return f"experiment {experiment.name}", list(runs)
 
 
@@ -204,7 +218,9 @@ def conventions_command(*, target: str, policy_path: Path | None, tracking_uri: 
                 for item in verify_run(client, run, loaded.policy):
                     report.add(Check(f"{name}: {item.name}", item.expected, item.found, item.verdict))
         except MlflowException as exc:
-            raise InfraError(f"The tracking server at {tracking_uri} refused a request: {exc.message}") from None
+            raise InfraError(
+                f"The tracking server at {tracking_uri} refused a request: {exc.message}"
+            ) from None
     if not runs:
         report.notes.append("No runs found.")
     report.data["runs_checked"] = len(runs)

@@ -21,7 +21,9 @@ from .smoke import load_project_policy, run_smoke
 def demo(*, project: Path, workdir: Path, env_manager: str | None, keep: bool) -> int:
     project = Path(project).resolve()
     if not (project / "MLproject").is_file():
-        raise ConfigError(f"{project} is not an MLflow Project (no MLproject file); pass the example project path.")
+        raise ConfigError(
+            f"{project} is not an MLflow Project (no MLproject file); pass the example project path."
+        )
     workdir = Path(workdir).resolve()
     if workdir.exists() and not keep:
         shutil.rmtree(workdir)

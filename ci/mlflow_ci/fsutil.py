@@ -29,4 +29,3 @@ def atomic_write_text(path: Path | str, text: str, *, encoding: str = "utf-8") -
 
 def atomic_write_json(path: Path | str, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-

@@ -70,7 +70,9 @@ class Naming(_Model):
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ValueError(f"placeholder {key!r}: {pattern!r} is not a valid regular expression ({exc})")
+                raise ValueError(
+                    f"placeholder {key!r}: {pattern!r} is not a valid regular expression ({exc})"
+                )
         return value
 
     @model_validator(mode="after")
@@ -343,7 +345,9 @@ def load_policy(
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
-            raise PolicyError(f"{path}:1: the policy must be a mapping of keys (project:, smoke:, ...), not {type(raw).__name__}.")
+            raise PolicyError(
+                f"{path}:1: the policy must be a mapping of keys (project:, smoke:, ...), not {type(raw).__name__}."
+            )
         data = raw
     if "project" not in data and project_default:
         data["project"] = project_default

@@ -33,7 +33,9 @@ class Check:
         return self.verdict == "fail"
 
 
-def check(name: str, ok: bool, *, expected: str, found: str, advisory: bool = False, detail: str = "") -> Check:
+def check(
+    name: str, ok: bool, *, expected: str, found: str, advisory: bool = False, detail: str = ""
+) -> Check:
     """A check that passes when ``ok``; an advisory one only warns."""
     verdict: Verdict = "pass" if ok else ("warn" if advisory else "fail")
     return Check(name=name, expected=expected, found=found, verdict=verdict, detail=detail)
@@ -50,7 +52,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
     output_tail: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
-    created: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(
+        default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    )
 
     def add(self, item: Check) -> Check:
         self.checks.append(item)

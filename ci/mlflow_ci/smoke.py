@@ -47,7 +47,9 @@ def smoke(*, project: Path, policy_path: Path | None = None, tracking_uri: str |
     report_dir = Path(report_dir) if report_dir else project / "reports" / "mlflow-ci"
     with tempfile.TemporaryDirectory(prefix="mlflow-ci-smoke-") as tmp:
         base = Path(workdir) if workdir else Path(tmp)
-        output.info("tracking server: " + (tracking_uri or "starting an embedded one (SQLite + local artifacts)"))
+        output.info(
+            "tracking server: " + (tracking_uri or "starting an embedded one (SQLite + local artifacts)")
+        )
         with tracking.tracking(tracking_uri, base / "server") as uri:
             report = run_smoke(project=project, policy=policy, tracking_uri=uri, params=params or {},
                                scratch=Path(tmp))  # fmt: skip
@@ -84,6 +86,12 @@ def run_smoke(*, project: Path, policy: Policy, tracking_uri: str, params: dict[
         except CommandFailed as exc:  # timed out
             returncode, out, elapsed = exc.returncode, exc.output_tail, float(settings.timeout)
 
+    if returncode != 0 and not tracking.check_health(tracking_uri):
+        raise ServerUnreachable(
+            f"The tracking server at {tracking_uri} stopped answering while the entry point ran "
+            f"(mlflow run exited {returncode}).",
+            hint="Check the server's log; nothing was verified.",
+        )
     with tracking.client_settings(tracking_uri):
         client = MlflowClient(tracking_uri)
         run_id = _find_run_id(client, out, experiment, started_ms)
@@ -92,12 +100,6 @@ def run_smoke(*, project: Path, policy: Policy, tracking_uri: str, params: dict[
             report.run_id = run_id
             report.run_url = run_url(tracking_uri, run.info.experiment_id, run_id)
         if returncode != 0:
-            if not tracking.check_health(tracking_uri):
-                raise ServerUnreachable(
-                    f"The tracking server at {tracking_uri} stopped answering while the entry point ran "
-                    f"(mlflow run exited {returncode}).",
-                    hint="Check the server's log; nothing was verified.",
-                )
             found = f"timed out after {settings.timeout}s" if returncode == -1 else f"exit {returncode}"
             report.add(check("entry point", False, expected="exit 0", found=found))
             report.output_tail = proc.tail(out)
@@ -113,7 +115,9 @@ def run_smoke(*, project: Path, policy: Policy, tracking_uri: str, params: dict[
         ).items():
             client.set_tag(run_id, key, value)
         run = client.get_run(run_id)
-        report.data["reproducibility"] = {k: v for k, v in run.data.tags.items() if k.startswith("mlflow_ci.")}
+        report.data["reproducibility"] = {
+            k: v for k, v in run.data.tags.items() if k.startswith("mlflow_ci.")
+        }
         report.checks.extend(verify_run(client, run, policy))
 
         ref = find_logged_model(client, run, settings.model_artifact_path)
@@ -134,13 +138,17 @@ def predict_check(model_uri: str, env_manager: str, tracking_uri: str, scratch: 
     example = local / "serving_input_example.json"
     expected = "predictions, one per input-example row"
     if not example.is_file():
-        return check("model loads and predicts", False, expected=expected, found="no serving input example saved")
+        return check(
+            "model loads and predicts", False, expected=expected, found="no serving input example saved"
+        )
     rows = _example_rows(json.loads(example.read_text(encoding="utf-8")))
     out_file = scratch / "predictions.json"
     argv = [sys.executable, "-m", "mlflow", "models", "predict", "-m", str(local), "-i", str(example),
             "-t", "json", "-o", str(out_file), "--env-manager", env_manager]  # fmt: skip
     try:
-        done = proc.run(argv, env=tracking.client_env(tracking_uri), timeout=timeout, check=False, stream=True)
+        done = proc.run(
+            argv, env=tracking.client_env(tracking_uri), timeout=timeout, check=False, stream=True
+        )
     except CommandFailed as exc:
         return check("model loads and predicts", False, expected=expected, found=str(exc.message.splitlines()[0]),
                      detail=f"```\n{exc.output_tail}\n```")  # fmt: skip

@@ -82,11 +82,20 @@ def client_settings(tracking_uri: str) -> Iterator[None]:
     os.environ.update(CLIENT_ENV)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(tracking_uri)
     try:
         yield
+    except MlflowException as exc:
+        # A request that failed because the server is gone is an infrastructure error, not a bug.
+        if tracking_uri.startswith(("http://", "https://")) and not check_health(tracking_uri):
+            raise ServerUnreachable(
+                f"The tracking server at {tracking_uri} stopped answering ({exc.message.splitlines()[0][:200]}).",
+                hint="Check the server's log and that it is still running.",
+            ) from None
+        raise
     finally:
         for k, v in saved.items():
             if v is None:
@@ -234,7 +243,9 @@ def up(workdir: Path, *, port: int | None = None, backend_store_uri: str | None 
 def down(workdir: Path) -> dict[str, object]:
     state_path = Path(workdir).resolve() / STATE_FILE
     if not state_path.exists():
-        raise ConfigError(f"No server state in {state_path}: nothing to stop (was `mlflow-ci server up` run there?).")
+        raise ConfigError(
+            f"No server state in {state_path}: nothing to stop (was `mlflow-ci server up` run there?)."
+        )
     state = json.loads(state_path.read_text())
     stopped = _kill_pid_group(int(state["pid"]))
     state_path.unlink()

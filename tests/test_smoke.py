@@ -1,0 +1,163 @@
+"""`mlflow-ci smoke` and `mlflow-ci conventions` against real tracking servers.
+
+The example project is smoke-tested for real (local env here, uv in the slow tier); generated
+tiny projects drive the failure modes: a failing entry point, a NaN metric, a missing tag, a
+server that dies mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from conftest import EXAMPLE, make_project, run_cli
+from mlflow_ci.tracking import TrackingServer, check_health
+
+
+def smoke_json(project: Path, tracking_uri: str, *extra: str, env: dict[str, str] | None = None):
+    result = run_cli("smoke", str(project), "--tracking-uri", tracking_uri, "--json",
+                     "--report-dir", str(project / "out"), *extra, env=env)  # fmt: skip
+    try:
+        report = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        report = None
+    return result, report
+
+
+def verdicts(report: dict) -> dict[str, str]:
+    return {c["name"]: c["verdict"] for c in report["checks"]}
+
+
+@pytest.fixture(scope="module")
+def example_smoke(tracking_server: TrackingServer, tmp_path_factory: pytest.TempPathFactory):
+    """One local smoke run of a copy of the example project, shared by the tests that read it."""
+    project = tmp_path_factory.mktemp("example") / "example_project"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("reports", "mlruns"))
+    result, report = smoke_json(project, tracking_server.url, "--env-manager", "local")
+    return project, result, report
+
+
+def test_example_project_passes_with_local_env(example_smoke, tracking_server: TrackingServer) -> None:
+    project, result, report = example_smoke
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert report["verdict"] == "pass"
+    names = set(verdicts(report))
+    for expected in ("entry point", "run status", "experiment name", "run name", "tag owner",
+                     "dataset input", "model logged", "model signature", "model input example",
+                     "model loads and predicts"):  # fmt: skip
+        assert expected in names
+    assert all(v == "pass" for v in verdicts(report).values()), verdicts(report)
+    run = mlflow.MlflowClient(tracking_server.url).get_run(report["run_id"])
+    assert run.data.tags["mlflow_ci.git_commit"]
+    assert len(run.data.tags["mlflow_ci.lock_hash"]) == 64
+    assert run.data.tags["mlflow_ci.mlflow_version"] == mlflow.__version__
+    for fmt in ("json", "md", "html"):
+        assert (project / "out" / f"smoke.{fmt}").is_file()
+    markdown = (project / "out" / "smoke.md").read_text()
+    assert "| check | expected | found | verdict |" in markdown
+    assert report["run_id"] in markdown
+
+
+def test_conventions_on_existing_runs(example_smoke, tracking_server: TrackingServer, tmp_path: Path) -> None:
+    project, _, report = example_smoke
+    experiment = report["data"]["experiment"]
+    ok = run_cli("conventions", experiment, "--policy", str(project / "mlflow-ci.yaml"), "--json",
+                 "--tracking-uri", tracking_server.url, "--report-dir", str(tmp_path))  # fmt: skip
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    client = mlflow.MlflowClient(tracking_server.url)
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    bad = client.create_run(exp_id, run_name="quick-try", tags={"owner": "me"})
+    client.set_terminated(bad.info.run_id)
+    result = run_cli("conventions", bad.info.run_id, "--policy", str(project / "mlflow-ci.yaml"), "--json",
+                     "--tracking-uri", tracking_server.url, "--report-dir", str(tmp_path))  # fmt: skip
+    assert result.returncode == 1
+    failed = {c["name"]: c for c in json.loads(result.stdout)["checks"] if c["verdict"] == "fail"}
+    assert "quick-try: run name" in failed
+    assert failed["quick-try: run name"]["expected"] == "matches run_{objective}_{seed}"
+    assert {"quick-try: tag dataset", "quick-try: tag env", "quick-try: tag purpose"} <= set(failed)
+    assert "quick-try: tag owner" not in failed
+
+
+def test_missing_owner_tag_fails_and_is_named(tracking_server: TrackingServer, tmp_path: Path) -> None:
+    project = tmp_path / "example_project"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("reports", "mlruns"))
+    config = project / "experiments" / "run_config.yaml"
+    data = yaml.safe_load(config.read_text())
+    del data["tags"]["owner"]
+    config.write_text(yaml.safe_dump(data))
+    result, report = smoke_json(project, tracking_server.url, "--env-manager", "local")
+    assert result.returncode == 1, result.stderr
+    assert verdicts(report)["tag owner"] == "fail"
+    assert report["failures"] == ["tag owner"]
+    assert "tag owner" in (project / "out" / "smoke.md").read_text()
+
+
+def test_failing_entry_point_exits_1_with_output_tail(
+    tracking_server: TrackingServer, tmp_path: Path
+) -> None:
+    project = make_project(tmp_path / "p", "raise RuntimeError('feature column churn_30d is missing')\n")
+    result, report = smoke_json(project, tracking_server.url)
+    assert result.returncode == 1
+    assert verdicts(report)["entry point"] == "fail"
+    assert "feature column churn_30d is missing" in report["output_tail"]
+    assert report["run_id"] and report["run_url"].startswith(tracking_server.url)
+    markdown = (project / "out" / "smoke.md").read_text()
+    assert "feature column churn_30d is missing" in markdown
+
+
+def test_nan_metric_fails(tracking_server: TrackingServer, tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", "mlflow.log_metric('loss', 0.5, step=0)\n"
+                           "mlflow.log_metric('loss', float('nan'), step=1)\n",
+                           policy="  required_metrics: [loss]\n")  # fmt: skip
+    result, report = smoke_json(project, tracking_server.url)
+    assert result.returncode == 1
+    assert verdicts(report)["metric loss"] == "fail"
+    assert "nan" in next(c["found"] for c in report["checks"] if c["name"] == "metric loss").lower()
+
+
+def test_infinite_metric_not_required_still_fails(tracking_server: TrackingServer, tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", "mlflow.log_metric('grad_norm', float('inf'))\n")
+    result, report = smoke_json(project, tracking_server.url)
+    assert result.returncode == 1
+    assert verdicts(report)["all metrics finite"] == "fail"
+
+
+def test_server_dying_mid_run_exits_3_and_leaves_no_process(tmp_path: Path) -> None:
+    body = (
+        "import signal, time\n"
+        "os.killpg(int(os.environ['KILL_PGID']), signal.SIGKILL)\n"
+        "time.sleep(1)\n"
+        "mlflow.log_metric('after', 1.0)\n"
+    )
+    project = make_project(tmp_path / "p", body)
+    server = TrackingServer(tmp_path / "srv").start()
+    try:
+        result, _ = smoke_json(project, server.url, env={"KILL_PGID": str(server.pid),
+                                                          "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"})  # fmt: skip
+    finally:
+        server.stop()
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "stopped answering" in result.stderr
+    # The entry point's own traceback is streamed; mlflow-ci's last word is one sentence, not a crash.
+    assert "internal error" not in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1].startswith("error: The tracking server at")
+    assert not check_health(server.url)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("manager", ["uv", "virtualenv"])
+def test_example_project_passes_with_isolated_env(manager: str, tracking_server: TrackingServer,
+                                                  tmp_path: Path) -> None:  # fmt: skip
+    project = tmp_path / "example_project"
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("reports", "mlruns"))
+    result, report = smoke_json(project, tracking_server.url, "--env-manager", manager)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert report["data"]["env_manager"] == manager
+    assert "model loads and predicts" in verdicts(report)
+    run = mlflow.MlflowClient(tracking_server.url).get_run(report["run_id"])
+    assert run.data.tags["mlflow_ci.env_manager"] == manager
