@@ -42,8 +42,9 @@ def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = 900) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
     """Run the real CLI as a subprocess, as a user or a workflow would."""
     full_env = dict(os.environ)
     full_env.pop("GITHUB_STEP_SUMMARY", None)
@@ -52,8 +53,13 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
         full_env.update(env)
     return subprocess.run(
         [sys.executable, "-m", "mlflow_ci", *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="session")

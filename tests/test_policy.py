@@ -45,7 +45,9 @@ def test_wrong_type_names_key_value_and_expectation(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as err:
         load_policy(path, env={})
     message = str(err.value)
-    assert f"{path}:3" in message and "smoke.timeout" in message and '"soon"' in message
+    assert f"{path}:3" in message
+    assert "smoke.timeout" in message
+    assert '"soon"' in message
     assert "integer" in message
 
 

@@ -19,8 +19,17 @@ from mlflow_ci.tracking import TrackingServer, check_health
 
 
 def smoke_json(project: Path, tracking_uri: str, *extra: str, env: dict[str, str] | None = None):
-    result = run_cli("smoke", str(project), "--tracking-uri", tracking_uri, "--json",
-                     "--report-dir", str(project / "out"), *extra, env=env)  # fmt: skip
+    result = run_cli(
+        "smoke",
+        str(project),
+        "--tracking-uri",
+        tracking_uri,
+        "--json",
+        "--report-dir",
+        str(project / "out"),
+        *extra,
+        env=env,
+    )
     try:
         report = json.loads(result.stdout)
     except json.JSONDecodeError:
@@ -46,9 +55,18 @@ def test_example_project_passes_with_local_env(example_smoke, tracking_server: T
     assert result.returncode == 0, result.stdout + result.stderr
     assert report["verdict"] == "pass"
     names = set(verdicts(report))
-    for expected in ("entry point", "run status", "experiment name", "run name", "tag owner",
-                     "dataset input", "model logged", "model signature", "model input example",
-                     "model loads and predicts"):  # fmt: skip
+    for expected in (
+        "entry point",
+        "run status",
+        "experiment name",
+        "run name",
+        "tag owner",
+        "dataset input",
+        "model logged",
+        "model signature",
+        "model input example",
+        "model loads and predicts",
+    ):
         assert expected in names
     assert all(v == "pass" for v in verdicts(report).values()), verdicts(report)
     run = mlflow.MlflowClient(tracking_server.url).get_run(report["run_id"])
@@ -65,16 +83,34 @@ def test_example_project_passes_with_local_env(example_smoke, tracking_server: T
 def test_conventions_on_existing_runs(example_smoke, tracking_server: TrackingServer, tmp_path: Path) -> None:
     project, _, report = example_smoke
     experiment = report["data"]["experiment"]
-    ok = run_cli("conventions", experiment, "--policy", str(project / "mlflow-ci.yaml"), "--json",
-                 "--tracking-uri", tracking_server.url, "--report-dir", str(tmp_path))  # fmt: skip
+    ok = run_cli(
+        "conventions",
+        experiment,
+        "--policy",
+        str(project / "mlflow-ci.yaml"),
+        "--json",
+        "--tracking-uri",
+        tracking_server.url,
+        "--report-dir",
+        str(tmp_path),
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
     client = mlflow.MlflowClient(tracking_server.url)
     exp_id = client.get_experiment_by_name(experiment).experiment_id
     bad = client.create_run(exp_id, run_name="quick-try", tags={"owner": "me"})
     client.set_terminated(bad.info.run_id)
-    result = run_cli("conventions", bad.info.run_id, "--policy", str(project / "mlflow-ci.yaml"), "--json",
-                     "--tracking-uri", tracking_server.url, "--report-dir", str(tmp_path))  # fmt: skip
+    result = run_cli(
+        "conventions",
+        bad.info.run_id,
+        "--policy",
+        str(project / "mlflow-ci.yaml"),
+        "--json",
+        "--tracking-uri",
+        tracking_server.url,
+        "--report-dir",
+        str(tmp_path),
+    )
     assert result.returncode == 1
     failed = {c["name"]: c for c in json.loads(result.stdout)["checks"] if c["verdict"] == "fail"}
     assert "quick-try: run name" in failed
@@ -105,15 +141,18 @@ def test_failing_entry_point_exits_1_with_output_tail(
     assert result.returncode == 1
     assert verdicts(report)["entry point"] == "fail"
     assert "feature column churn_30d is missing" in report["output_tail"]
-    assert report["run_id"] and report["run_url"].startswith(tracking_server.url)
+    assert report["run_id"]
+    assert report["run_url"].startswith(tracking_server.url)
     markdown = (project / "out" / "smoke.md").read_text()
     assert "feature column churn_30d is missing" in markdown
 
 
 def test_nan_metric_fails(tracking_server: TrackingServer, tmp_path: Path) -> None:
-    project = make_project(tmp_path / "p", "mlflow.log_metric('loss', 0.5, step=0)\n"
-                           "mlflow.log_metric('loss', float('nan'), step=1)\n",
-                           policy="  required_metrics: [loss]\n")  # fmt: skip
+    project = make_project(
+        tmp_path / "p",
+        "mlflow.log_metric('loss', 0.5, step=0)\nmlflow.log_metric('loss', float('nan'), step=1)\n",
+        policy="  required_metrics: [loss]\n",
+    )
     result, report = smoke_json(project, tracking_server.url)
     assert result.returncode == 1
     assert verdicts(report)["metric loss"] == "fail"
@@ -137,8 +176,9 @@ def test_server_dying_mid_run_exits_3_and_leaves_no_process(tmp_path: Path) -> N
     project = make_project(tmp_path / "p", body)
     server = TrackingServer(tmp_path / "srv").start()
     try:
-        result, _ = smoke_json(project, server.url, env={"KILL_PGID": str(server.pid),
-                                                          "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"})  # fmt: skip
+        result, _ = smoke_json(
+            project, server.url, env={"KILL_PGID": str(server.pid), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+        )
     finally:
         server.stop()
     assert result.returncode == 3, result.stdout + result.stderr
@@ -151,8 +191,9 @@ def test_server_dying_mid_run_exits_3_and_leaves_no_process(tmp_path: Path) -> N
 
 @pytest.mark.slow
 @pytest.mark.parametrize("manager", ["uv", "virtualenv"])
-def test_example_project_passes_with_isolated_env(manager: str, tracking_server: TrackingServer,
-                                                  tmp_path: Path) -> None:  # fmt: skip
+def test_example_project_passes_with_isolated_env(
+    manager: str, tracking_server: TrackingServer, tmp_path: Path
+) -> None:
     project = tmp_path / "example_project"
     shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("reports", "mlruns"))
     result, report = smoke_json(project, tracking_server.url, "--env-manager", manager)

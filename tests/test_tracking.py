@@ -39,8 +39,9 @@ def test_context_manager_starts_logs_and_cleans_up(tmp_path: Path) -> None:
 
 
 def test_server_that_cannot_start_is_a_clear_infra_error(tmp_path: Path) -> None:
-    server = TrackingServer(tmp_path, backend_store_uri="postgresql+psycopg2://nobody@127.0.0.1:1/none",
-                            startup_timeout=60)  # fmt: skip
+    server = TrackingServer(
+        tmp_path, backend_store_uri="postgresql+psycopg2://nobody@127.0.0.1:1/none", startup_timeout=60
+    )
     with pytest.raises(InfraError, match=r"mlflow server (exited|at)"):
         server.start()
     assert server.pid is None

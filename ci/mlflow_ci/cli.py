@@ -171,8 +171,13 @@ def server() -> None:
 
 
 @server.command("up", epilog=EPILOG)
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".mlflow-ci/server"),
-              show_default=True, help="Folder for the database, artifacts, log and state file.")  # fmt: skip
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".mlflow-ci/server"),
+    show_default=True,
+    help="Folder for the database, artifacts, log and state file.",
+)
 @click.option("--port", type=int, default=None, help="Port (default: a free one).")
 @click.option("--backend-store-uri", default=None, help="Backend store (default: SQLite in the workdir).")
 @click.option(
@@ -180,26 +185,38 @@ def server() -> None:
 )
 @json_option
 @_handle
-def server_up(workdir: Path, port: int | None, backend_store_uri: str | None,
-              artifacts_destination: str | None, as_json: bool) -> int:  # fmt: skip
+def server_up(
+    workdir: Path,
+    port: int | None,
+    backend_store_uri: str | None,
+    artifacts_destination: str | None,
+    as_json: bool,
+) -> int:
     """Start a tracking server in the background and print its URL."""
     from . import tracking
 
-    state = tracking.up(workdir, port=port, backend_store_uri=backend_store_uri,
-                        artifacts_destination=artifacts_destination)  # fmt: skip
+    state = tracking.up(
+        workdir, port=port, backend_store_uri=backend_store_uri, artifacts_destination=artifacts_destination
+    )
     output.set_output("tracking_uri", str(state["url"]))
     if as_json:
         emit_json(state)
     else:
         click.echo(state["url"])
-        output.info(f"tracking server {'already running' if state['reused'] else 'started'} at {state['url']} "
-                    f"(pid {state['pid']}, log {state['log']}); stop it with `mlflow-ci server down`.")  # fmt: skip
+        output.info(
+            f"tracking server {'already running' if state['reused'] else 'started'} at {state['url']} "
+            f"(pid {state['pid']}, log {state['log']}); stop it with `mlflow-ci server down`."
+        )
     return 0
 
 
 @server.command("down", epilog=EPILOG)
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".mlflow-ci/server"),
-              show_default=True)  # fmt: skip
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".mlflow-ci/server"),
+    show_default=True,
+)
 @json_option
 @_handle
 def server_down(workdir: Path, as_json: bool) -> int:
@@ -222,18 +239,44 @@ def server_down(workdir: Path, as_json: bool) -> int:
 @click.argument("project", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @policy_option
 @tracking_option
-@click.option("--env-manager", type=click.Choice(["local", "virtualenv", "uv"]), default=None,
-              help="Override smoke.env_manager.")  # fmt: skip
-@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to write smoke.json/.md/.html (default: <project>/reports/mlflow-ci).")  # fmt: skip
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Work folder for the embedded server (default: a temporary folder).")  # fmt: skip
-@click.option("-P", "--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="Extra entry-point parameter (repeatable); overrides smoke.parameters.")  # fmt: skip
+@click.option(
+    "--env-manager",
+    type=click.Choice(["local", "virtualenv", "uv"]),
+    default=None,
+    help="Override smoke.env_manager.",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write smoke.json/.md/.html (default: <project>/reports/mlflow-ci).",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Work folder for the embedded server (default: a temporary folder).",
+)
+@click.option(
+    "-P",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Extra entry-point parameter (repeatable); overrides smoke.parameters.",
+)
 @json_option
 @_handle
-def smoke(project: Path, policy_path: Path | None, tracking_uri: str | None, env_manager: str | None,
-          report_dir: Path | None, workdir: Path | None, params: tuple[str, ...], as_json: bool) -> int:  # fmt: skip
+def smoke(
+    project: Path,
+    policy_path: Path | None,
+    tracking_uri: str | None,
+    env_manager: str | None,
+    report_dir: Path | None,
+    workdir: Path | None,
+    params: tuple[str, ...],
+    as_json: bool,
+) -> int:
     """Run PROJECT's entry point in smoke mode and verify the run and its model.
 
     The run must finish, follow the naming conventions, carry the required tags, params and
@@ -242,9 +285,16 @@ def smoke(project: Path, policy_path: Path | None, tracking_uri: str | None, env
     """
     from .smoke import smoke as run_smoke
 
-    return run_smoke(project=project, policy_path=policy_path, tracking_uri=tracking_uri,
-                     env_manager=env_manager, report_dir=report_dir, workdir=workdir,
-                     params=_parse_params(params), as_json=as_json)  # fmt: skip
+    return run_smoke(
+        project=project,
+        policy_path=policy_path,
+        tracking_uri=tracking_uri,
+        env_manager=env_manager,
+        report_dir=report_dir,
+        workdir=workdir,
+        params=_parse_params(params),
+        as_json=as_json,
+    )
 
 
 @cli.command(epilog=EPILOG)
@@ -255,20 +305,41 @@ def smoke(project: Path, policy_path: Path | None, tracking_uri: str | None, env
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @json_option
 @_handle
-def conventions(target: str, policy_path: Path | None, tracking_uri: str | None, max_runs: int,
-                report_dir: Path | None, as_json: bool) -> int:  # fmt: skip
+def conventions(
+    target: str,
+    policy_path: Path | None,
+    tracking_uri: str | None,
+    max_runs: int,
+    report_dir: Path | None,
+    as_json: bool,
+) -> int:
     """Check existing runs against the policy: TARGET is a run id, an experiment name or id."""
     from .conventions import conventions_command
 
-    return conventions_command(target=target, policy_path=policy_path, tracking_uri=tracking_uri,
-                               max_runs=max_runs, report_dir=report_dir, as_json=as_json)  # fmt: skip
+    return conventions_command(
+        target=target,
+        policy_path=policy_path,
+        tracking_uri=tracking_uri,
+        max_runs=max_runs,
+        report_dir=report_dir,
+        as_json=as_json,
+    )
 
 
 @cli.command(epilog=EPILOG)
-@click.option("--project", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=Path("example_project"), show_default=True)  # fmt: skip
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".mlflow-ci/demo"),
-              show_default=True, help="Server data and reports (wiped at start unless --keep).")  # fmt: skip
+@click.option(
+    "--project",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("example_project"),
+    show_default=True,
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".mlflow-ci/demo"),
+    show_default=True,
+    help="Server data and reports (wiped at start unless --keep).",
+)
 @click.option("--env-manager", type=click.Choice(["local", "virtualenv", "uv"]), default=None)
 @click.option("--keep", is_flag=True, help="Keep the previous demo's data.")
 @_handle

@@ -81,32 +81,57 @@ def verify_run(client: Any, run: Any, policy: Policy, *, check_model: bool = Tru
 
     experiment = client.get_experiment(info.experiment_id)
     pattern = policy.naming.pattern("experiment", policy.project)
-    checks.append(check(
-        "experiment name", bool(re.match(pattern, experiment.name)),
-        expected=f"matches {policy.naming.experiment}", found=experiment.name, detail=f"pattern: `{pattern}`",
-    ))  # fmt: skip
+    checks.append(
+        check(
+            "experiment name",
+            bool(re.match(pattern, experiment.name)),
+            expected=f"matches {policy.naming.experiment}",
+            found=experiment.name,
+            detail=f"pattern: `{pattern}`",
+        )
+    )
     pattern = policy.naming.pattern("run", policy.project)
     run_name = info.run_name or data.tags.get("mlflow.runName", "")
-    checks.append(check(
-        "run name", bool(re.match(pattern, run_name or "")),
-        expected=f"matches {policy.naming.run}", found=run_name or "(none)", detail=f"pattern: `{pattern}`",
-    ))  # fmt: skip
+    checks.append(
+        check(
+            "run name",
+            bool(re.match(pattern, run_name or "")),
+            expected=f"matches {policy.naming.run}",
+            found=run_name or "(none)",
+            detail=f"pattern: `{pattern}`",
+        )
+    )
 
     for tag in policy.tags.required:
         value = data.tags.get(tag)
-        checks.append(check(f"tag {tag}", bool(value and value.strip()), expected="present, non-empty",
-                            found=repr(value) if value is not None else "missing"))  # fmt: skip
+        checks.append(
+            check(
+                f"tag {tag}",
+                bool(value and value.strip()),
+                expected="present, non-empty",
+                found=repr(value) if value is not None else "missing",
+            )
+        )
     for tag, tag_pattern in policy.tags.patterns.items():
         value = data.tags.get(tag)
-        checks.append(check(f"tag {tag} value", value is not None and re.search(tag_pattern, value) is not None,
-                            expected=f"matches {tag_pattern}", found=repr(value) if value is not None else "missing"))  # fmt: skip
+        checks.append(
+            check(
+                f"tag {tag} value",
+                value is not None and re.search(tag_pattern, value) is not None,
+                expected=f"matches {tag_pattern}",
+                found=repr(value) if value is not None else "missing",
+            )
+        )
 
     missing_params = [p for p in smoke.required_params if p not in data.params]
-    checks.append(check(
-        "required params", not missing_params,
-        expected=", ".join(smoke.required_params) or "(none required)",
-        found=f"missing: {', '.join(missing_params)}" if missing_params else f"{len(data.params)} params",
-    ))  # fmt: skip
+    checks.append(
+        check(
+            "required params",
+            not missing_params,
+            expected=", ".join(smoke.required_params) or "(none required)",
+            found=f"missing: {', '.join(missing_params)}" if missing_params else f"{len(data.params)} params",
+        )
+    )
 
     for name in smoke.required_metrics:
         value = data.metrics.get(name)
@@ -115,20 +140,36 @@ def verify_run(client: Any, run: Any, policy: Policy, *, check_model: bool = Tru
             continue
         history = client.get_metric_history(info.run_id, name)
         bad = [m.value for m in history if not finite(m.value)]
-        checks.append(check(
-            f"metric {name}", finite(value) and not bad, expected="logged, finite",
-            found=f"{value:.6g}" + (f" (non-finite in history: {bad[:3]})" if bad else ""),
-        ))  # fmt: skip
+        checks.append(
+            check(
+                f"metric {name}",
+                finite(value) and not bad,
+                expected="logged, finite",
+                found=f"{value:.6g}" + (f" (non-finite in history: {bad[:3]})" if bad else ""),
+            )
+        )
     non_finite = sorted(
         k for k, v in data.metrics.items() if not finite(v) and k not in smoke.required_metrics
     )
     if non_finite:
-        checks.append(check("all metrics finite", False, expected="no NaN or infinity",
-                            found=", ".join(f"{k}={data.metrics[k]}" for k in non_finite)))  # fmt: skip
+        checks.append(
+            check(
+                "all metrics finite",
+                False,
+                expected="no NaN or infinity",
+                found=", ".join(f"{k}={data.metrics[k]}" for k in non_finite),
+            )
+        )
 
     for path in smoke.required_artifacts:
-        checks.append(check(f"artifact {path}", _artifact_exists(client, info.run_id, path),
-                            expected="present", found="present" if _artifact_exists(client, info.run_id, path) else "missing"))  # fmt: skip
+        checks.append(
+            check(
+                f"artifact {path}",
+                _artifact_exists(client, info.run_id, path),
+                expected="present",
+                found="present" if _artifact_exists(client, info.run_id, path) else "missing",
+            )
+        )
 
     if smoke.require_dataset:
         inputs = getattr(run, "inputs", None)
@@ -149,18 +190,36 @@ def verify_model_metadata(client: Any, run: Any, policy: Policy) -> list[Check]:
 
     smoke = policy.smoke
     ref = find_logged_model(client, run, smoke.model_artifact_path)
-    checks = [check("model logged", ref is not None, expected=f"a model named {smoke.model_artifact_path!r}",
-                    found=ref.uri if ref else "none")]  # fmt: skip
+    checks = [
+        check(
+            "model logged",
+            ref is not None,
+            expected=f"a model named {smoke.model_artifact_path!r}",
+            found=ref.uri if ref else "none",
+        )
+    ]
     if ref is None:
         return checks
     info = mlflow.models.get_model_info(ref.uri)
     if smoke.require_signature:
-        checks.append(check("model signature", info.signature is not None, expected="present",
-                            found=_describe_signature(info.signature)))  # fmt: skip
+        checks.append(
+            check(
+                "model signature",
+                info.signature is not None,
+                expected="present",
+                found=_describe_signature(info.signature),
+            )
+        )
     if smoke.require_input_example:
         example = info.saved_input_example_info
-        checks.append(check("model input example", bool(example), expected="present",
-                            found=str(example.get("type", "present")) if example else "none"))  # fmt: skip
+        checks.append(
+            check(
+                "model input example",
+                bool(example),
+                expected="present",
+                found=str(example.get("type", "present")) if example else "none",
+            )
+        )
     return checks
 
 
@@ -199,8 +258,15 @@ def _resolve_runs(client: Any, target: str, max_runs: int) -> tuple[str, list[An
     return f"experiment {experiment.name}", list(runs)
 
 
-def conventions_command(*, target: str, policy_path: Path | None, tracking_uri: str | None, max_runs: int,
-                        report_dir: Path | None, as_json: bool) -> int:  # fmt: skip
+def conventions_command(
+    *,
+    target: str,
+    policy_path: Path | None,
+    tracking_uri: str | None,
+    max_runs: int,
+    report_dir: Path | None,
+    as_json: bool,
+) -> int:
     loaded: LoadedPolicy = load_policy(policy_path or find_policy(Path.cwd()) or Path("mlflow-ci.yaml"))
     if not tracking_uri:
         raise ConfigError("No tracking server: pass --tracking-uri or set MLFLOW_TRACKING_URI.")

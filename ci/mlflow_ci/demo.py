@@ -33,11 +33,18 @@ def demo(*, project: Path, workdir: Path, env_manager: str | None, keep: bool) -
         server = tracking.TrackingServer(workdir / "server").start()
     try:
         output.info(f"tracking server: {server.url} (log {server.log_path})")
-        report = run_smoke(project=project, policy=loaded.policy, tracking_uri=server.url, params={},
-                           scratch=workdir / "scratch")  # fmt: skip
+        report = run_smoke(
+            project=project,
+            policy=loaded.policy,
+            tracking_uri=server.url,
+            params={},
+            scratch=workdir / "scratch",
+        )
         code = finish(report, report_dir=reports, as_json=False)
     finally:
         server.stop()
-    click.echo(f"\nDemo {'passed' if code == 0 else 'FAILED'}. Reports: {reports} "
-               f"(smoke.md, smoke.json, smoke.html); server data: {workdir / 'server'}")  # fmt: skip
+    click.echo(
+        f"\nDemo {'passed' if code == 0 else 'FAILED'}. Reports: {reports} "
+        f"(smoke.md, smoke.json, smoke.html); server data: {workdir / 'server'}"
+    )
     return code

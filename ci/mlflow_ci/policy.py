@@ -72,7 +72,7 @@ class Naming(_Model):
             except re.error as exc:
                 raise ValueError(
                     f"placeholder {key!r}: {pattern!r} is not a valid regular expression ({exc})"
-                )
+                ) from None
         return value
 
     @model_validator(mode="after")
@@ -127,7 +127,9 @@ class Tags(_Model):
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ValueError(f"tag {key!r}: {pattern!r} is not a valid regular expression ({exc})")
+                raise ValueError(
+                    f"tag {key!r}: {pattern!r} is not a valid regular expression ({exc})"
+                ) from None
         return value
 
 

@@ -3,6 +3,7 @@ code is checked, and a failure reports command, code and the tail of the output.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -130,24 +131,16 @@ def kill_group(child: subprocess.Popen[str], grace: float = 5.0) -> None:
 
     if child.poll() is not None:
         # The leader is gone, but its group may not be.
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         return
     try:
         os.killpg(child.pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         return
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         child.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         child.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass

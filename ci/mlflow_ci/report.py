@@ -102,8 +102,15 @@ class Report:
             lines.append("")
             lines.append(f"**{_md(c.name)}:** {c.detail}")
         if self.output_tail and self.verdict == "fail":
-            lines += ["", "<details open><summary>Last lines of output</summary>", "", "```text",
-                      self.output_tail.replace("```", "'''"), "```", "</details>"]  # fmt: skip
+            lines += [
+                "",
+                "<details open><summary>Last lines of output</summary>",
+                "",
+                "```text",
+                self.output_tail.replace("```", "'''"),
+                "```",
+                "</details>",
+            ]
         return "\n".join(lines) + "\n"
 
     def to_html(self, extra: str = "") -> str:

@@ -35,9 +35,17 @@ def load_project_policy(project: Path, policy_path: Path | None, overrides: dict
     return load_policy(path, overrides=overrides)
 
 
-def smoke(*, project: Path, policy_path: Path | None = None, tracking_uri: str | None = None,
-          env_manager: str | None = None, report_dir: Path | None = None, workdir: Path | None = None,
-          params: dict[str, str] | None = None, as_json: bool = False) -> int:  # fmt: skip
+def smoke(
+    *,
+    project: Path,
+    policy_path: Path | None = None,
+    tracking_uri: str | None = None,
+    env_manager: str | None = None,
+    report_dir: Path | None = None,
+    workdir: Path | None = None,
+    params: dict[str, str] | None = None,
+    as_json: bool = False,
+) -> int:
     """The ``mlflow-ci smoke`` command; returns the exit code."""
     project = Path(project).resolve()
     if not (project / "MLproject").is_file():
@@ -51,13 +59,15 @@ def smoke(*, project: Path, policy_path: Path | None = None, tracking_uri: str |
             "tracking server: " + (tracking_uri or "starting an embedded one (SQLite + local artifacts)")
         )
         with tracking.tracking(tracking_uri, base / "server") as uri:
-            report = run_smoke(project=project, policy=policy, tracking_uri=uri, params=params or {},
-                               scratch=Path(tmp))  # fmt: skip
+            report = run_smoke(
+                project=project, policy=policy, tracking_uri=uri, params=params or {}, scratch=Path(tmp)
+            )
     return finish(report, report_dir=report_dir, as_json=as_json)
 
 
-def run_smoke(*, project: Path, policy: Policy, tracking_uri: str, params: dict[str, str],
-              scratch: Path) -> Report:  # fmt: skip
+def run_smoke(
+    *, project: Path, policy: Policy, tracking_uri: str, params: dict[str, str], scratch: Path
+) -> Report:
     """Run and verify; returns the report (raises only for infrastructure and configuration)."""
     from mlflow import MlflowClient
 
@@ -69,12 +79,26 @@ def run_smoke(*, project: Path, policy: Policy, tracking_uri: str, params: dict[
 
     experiment = settings.experiment or policy.naming.render("experiment", policy.project)
     parameters = {**{k: _param(v) for k, v in settings.parameters.items()}, **params}
-    report = Report(kind="smoke", title=f"{policy.project} ({settings.entry_point}, {manager.name})",
-                    tracking_uri=tracking_uri)  # fmt: skip
+    report = Report(
+        kind="smoke",
+        title=f"{policy.project} ({settings.entry_point}, {manager.name})",
+        tracking_uri=tracking_uri,
+    )
     report.data.update({"experiment": experiment, "parameters": parameters, "env_manager": manager.name})
 
-    argv = [sys.executable, "-m", "mlflow", "run", str(project), "-e", settings.entry_point,
-            "--env-manager", manager.name, "--experiment-name", experiment]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(project),
+        "-e",
+        settings.entry_point,
+        "--env-manager",
+        manager.name,
+        "--experiment-name",
+        experiment,
+    ]
     for key, value in parameters.items():
         argv += ["-P", f"{key}={value}"]
     env = tracking.client_env(tracking_uri)
@@ -143,25 +167,54 @@ def predict_check(model_uri: str, env_manager: str, tracking_uri: str, scratch: 
         )
     rows = _example_rows(json.loads(example.read_text(encoding="utf-8")))
     out_file = scratch / "predictions.json"
-    argv = [sys.executable, "-m", "mlflow", "models", "predict", "-m", str(local), "-i", str(example),
-            "-t", "json", "-o", str(out_file), "--env-manager", env_manager]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "predict",
+        "-m",
+        str(local),
+        "-i",
+        str(example),
+        "-t",
+        "json",
+        "-o",
+        str(out_file),
+        "--env-manager",
+        env_manager,
+    ]
     try:
         done = proc.run(
             argv, env=tracking.client_env(tracking_uri), timeout=timeout, check=False, stream=True
         )
     except CommandFailed as exc:
-        return check("model loads and predicts", False, expected=expected, found=str(exc.message.splitlines()[0]),
-                     detail=f"```\n{exc.output_tail}\n```")  # fmt: skip
+        return check(
+            "model loads and predicts",
+            False,
+            expected=expected,
+            found=str(exc.message.splitlines()[0]),
+            detail=f"```\n{exc.output_tail}\n```",
+        )
     if done.returncode != 0 or not out_file.is_file():
-        return check("model loads and predicts", False, expected=expected, found=f"exit {done.returncode}",
-                     detail=f"```\n{done.tail}\n```")  # fmt: skip
+        return check(
+            "model loads and predicts",
+            False,
+            expected=expected,
+            found=f"exit {done.returncode}",
+            detail=f"```\n{done.tail}\n```",
+        )
     predictions = json.loads(out_file.read_text(encoding="utf-8"))
     if isinstance(predictions, dict):
         predictions = predictions.get("predictions", predictions)
     count = len(predictions) if isinstance(predictions, list) else 0
     ok = count > 0 and (rows is None or count == rows)
-    return check("model loads and predicts", ok, expected=expected,
-                 found=f"{count} predictions for {rows if rows is not None else '?'} rows ({env_manager})")  # fmt: skip
+    return check(
+        "model loads and predicts",
+        ok,
+        expected=expected,
+        found=f"{count} predictions for {rows if rows is not None else '?'} rows ({env_manager})",
+    )
 
 
 def _example_rows(payload: dict[str, Any]) -> int | None:
@@ -182,8 +235,12 @@ def _find_run_id(client: Any, out: str, experiment: str, started_ms: int) -> str
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.start_time >= {started_ms}",
-                              order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"attributes.start_time >= {started_ms}",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return runs[0].info.run_id if runs else None
 
 

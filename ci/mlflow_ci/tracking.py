@@ -45,7 +45,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def check_health(url: str, timeout: float = 3.0) -> bool:
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as resp:
+        if not url.startswith(("http://", "https://")):
+            return False
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as resp:  # noqa: S310
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -145,15 +147,23 @@ class TrackingServer:
         backend = self.backend_store_uri or f"sqlite:///{self.workdir / 'mlflow.db'}"
         artifacts = self.artifacts_destination or str(self.workdir / "artifacts")
         return [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", backend,
-            "--artifacts-destination", artifacts,
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            artifacts,
             "--serve-artifacts",
-            "--host", self.host,
-            "--port", str(self.port),
-            "--workers", str(self.workers),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
             *self.extra_args,
-        ]  # fmt: skip
+        ]
 
     def start(self) -> TrackingServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -220,8 +230,13 @@ class TrackingServer:
 # `mlflow-ci server up|down`: a detached server remembered in a state file.
 
 
-def up(workdir: Path, *, port: int | None = None, backend_store_uri: str | None = None,
-       artifacts_destination: str | None = None) -> dict[str, object]:  # fmt: skip
+def up(
+    workdir: Path,
+    *,
+    port: int | None = None,
+    backend_store_uri: str | None = None,
+    artifacts_destination: str | None = None,
+) -> dict[str, object]:
     workdir = Path(workdir).resolve()
     state_path = workdir / STATE_FILE
     if state_path.exists():
