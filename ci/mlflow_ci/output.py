@@ -76,3 +76,18 @@ def set_output(name: str, value: str, *, env: dict[str, str] | None = None) -> N
         return
     with open(target, "a", encoding="utf-8") as fh:
         fh.write(f"{name}={value}\n")
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to file descriptor 1 (children included) to stderr for a while,
+    so that ``--json`` output on stdout stays clean while third-party code prints."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

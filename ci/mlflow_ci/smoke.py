@@ -20,7 +20,7 @@ from . import envmanagers, output, proc, reproducibility, tracking
 from .conventions import find_logged_model, finish, run_url, verify_run
 from .errors import CommandFailed, ConfigError, PolicyError, ServerUnreachable
 from .policy import LoadedPolicy, Policy, find_policy, load_policy
-from .report import Report, check
+from .report import Check, Report, check
 
 RUN_ID_IN_OUTPUT = re.compile(r"=== Run \(ID '([0-9a-f]{32})'\)")
 
@@ -147,74 +147,51 @@ def run_smoke(
         ref = find_logged_model(client, run, settings.model_artifact_path)
         if ref is not None:
             with output.step(f"load and predict {ref.uri} ({predictor.name})"):
-                report.add(predict_check(ref.uri, predictor.name, tracking_uri, scratch, settings.timeout))
+                report.add(predict_check(ref.uri, predictor.name, tracking_uri, scratch))
     if report.verdict == "fail":
         report.output_tail = proc.tail(out)
     return report
 
 
-def predict_check(model_uri: str, env_manager: str, tracking_uri: str, scratch: Path, timeout: int):  # type: ignore[no-untyped-def]
-    """Load the model in its own environment and predict on its saved input example."""
+def predict_check(model_uri: str, env_manager: str, tracking_uri: str, scratch: Path) -> Check:
+    """Load the model in its own environment and predict on its saved input example.
+
+    Uses MLflow's own ``mlflow.models.predict`` (the environment is built from the model's
+    requirements and cached under ``MLFLOW_ENV_ROOT``; ``local`` predicts in this process).
+    """
     import mlflow.artifacts
+    import mlflow.models
 
     with tracking.client_settings(tracking_uri):
         local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(scratch / "model")))
     example = local / "serving_input_example.json"
-    expected = "predictions, one per input-example row"
+    name, expected = "model loads and predicts", "predictions, one per input-example row"
     if not example.is_file():
-        return check(
-            "model loads and predicts", False, expected=expected, found="no serving input example saved"
-        )
+        return check(name, False, expected=expected, found="no serving input example saved")
     rows = _example_rows(json.loads(example.read_text(encoding="utf-8")))
     out_file = scratch / "predictions.json"
-    argv = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "predict",
-        "-m",
-        str(local),
-        "-i",
-        str(example),
-        "-t",
-        "json",
-        "-o",
-        str(out_file),
-        "--env-manager",
-        env_manager,
-    ]
     try:
-        done = proc.run(
-            argv, env=tracking.client_env(tracking_uri), timeout=timeout, check=False, stream=True
-        )
-    except CommandFailed as exc:
-        return check(
-            "model loads and predicts",
-            False,
-            expected=expected,
-            found=str(exc.message.splitlines()[0]),
-            detail=f"```\n{exc.output_tail}\n```",
-        )
-    if done.returncode != 0 or not out_file.is_file():
-        return check(
-            "model loads and predicts",
-            False,
-            expected=expected,
-            found=f"exit {done.returncode}",
-            detail=f"```\n{done.tail}\n```",
-        )
+        with output.stdout_to_stderr():
+            mlflow.models.predict(
+                model_uri=str(local),
+                input_path=str(example),
+                content_type="json",
+                output_path=str(out_file),
+                env_manager=env_manager,
+            )
+    except Exception as exc:  # the model's own code failing is a check result, not our crash
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        return check(name, False, expected=expected, found=f"{type(exc).__name__}: {first}",
+                     detail=f"```\n{str(exc)[-3000:]}\n```")  # fmt: skip
+    if not out_file.is_file():
+        return check(name, False, expected=expected, found="no predictions written")
     predictions = json.loads(out_file.read_text(encoding="utf-8"))
     if isinstance(predictions, dict):
         predictions = predictions.get("predictions", predictions)
     count = len(predictions) if isinstance(predictions, list) else 0
     ok = count > 0 and (rows is None or count == rows)
-    return check(
-        "model loads and predicts",
-        ok,
-        expected=expected,
-        found=f"{count} predictions for {rows if rows is not None else '?'} rows ({env_manager})",
-    )
+    found = f"{count} predictions for {rows if rows is not None else '?'} rows ({env_manager})"
+    return check(name, ok, expected=expected, found=found)
 
 
 def _example_rows(payload: dict[str, Any]) -> int | None:
