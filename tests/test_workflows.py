@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, require
+from mlflow_ci import workflow_lint
 from mlflow_ci.workflow_lint import (
     BOOTSTRAP,
     check_command,
@@ -98,21 +99,21 @@ def test_workflow_lint_reports_a_bad_workflow(tmp_path: Path) -> None:
     assert "mlflow-ci workflow rules" in verdict
 
 
-def test_missing_tool_is_an_infra_error(tmp_path: Path) -> None:
-    """Fail closed: no shellcheck means unchecked scripts, so the lint stops with exit 3."""
+def test_missing_tool_is_an_infra_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fail closed: without shellcheck the scripts would go unchecked, so the lint stops (exit 3)."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     for tool in ("actionlint", "zizmor", "check-jsonschema", "yamllint"):
         found = shutil.which(tool)
         require(found is not None, f"{tool} is not installed")
-        (bindir / tool).symlink_to(found)  # type: ignore[arg-type]
-    python = tmp_path / "python"
-    python.symlink_to(sys.executable)
-    env = {**os.environ, "PATH": str(bindir)}
-    done = subprocess.run([str(python), "-m", "mlflow_ci.workflow_lint"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
-    assert done.returncode == 3, done.stderr
-    assert "shellcheck is not installed" in done.stderr
+        (bindir / tool).symlink_to(str(found))
+    # Tools are looked up beside the interpreter first, then on PATH: hide both.
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(bindir))
+    assert workflow_lint.main(["--root", str(ROOT)]) == 3
+    assert "shellcheck is not installed" in capsys.readouterr().err
 
 
 # --- thin workflows: every run: calls nox or mlflow-ci ------------------------------------------
