@@ -105,6 +105,18 @@ def parse_log(text: str) -> tuple[dict[tuple[str, str], str], dict[str, str]]:
     return outputs, results
 
 
+def log_messages(log: Path) -> list[tuple[str, str]]:
+    """(job id, message) for every JSON line of an act log."""
+    out = []
+    for line in log.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out.append((str(event.get("jobID", "")), str(event.get("msg", "")).strip()))
+    return out
+
+
 def human_log(text: str, lines: int = 150) -> str:
     out = []
     for line in text.splitlines():
@@ -199,6 +211,12 @@ def test_self_test_passes_under_act(tmp_path: Path) -> None:
     run_id = run.outputs.get(("smoke", "run_id"), "")
     assert verdict == "pass", run.outputs
     assert re.fullmatch(r"[0-9a-f]{32}", run_id), run.outputs
+
+    # ... passed up through pr-checks.yml's outputs to the job that checked them.
+    checked = [
+        m for job, m in log_messages(run.log) if job == "outputs" and "workflow outputs as expected" in m
+    ]
+    assert checked == [f"workflow outputs as expected: verdict pass, run id {run_id}"], checked
 
     # The uploaded report is the one the outputs describe.
     report = json.loads((run.artifacts / "smoke.json").read_text())
