@@ -350,6 +350,73 @@ def demo(project: Path, workdir: Path, env_manager: str | None, keep: bool) -> i
     return run_demo(project=project, workdir=workdir, env_manager=env_manager, keep=keep)
 
 
+# --------------------------------------------------------------------------------------------
+# GitHub: sticky PR comment and workflow-output checks (module: github.py)
+
+
+@cli.command("pr-comment", epilog=EPILOG)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder holding <kind>.md (e.g. the downloaded report artifact).",
+)
+@click.option(
+    "--kind",
+    default="smoke",
+    show_default=True,
+    help="Report kind: reads <kind>.md; owns the comment marked <!-- mlflow-ci:<kind> -->.",
+)
+@click.option("--pr", type=int, required=True, help="Pull request number.")
+@click.option(
+    "--repo",
+    envvar="GITHUB_REPOSITORY",
+    default="",
+    show_envvar=True,
+    help="OWNER/NAME (default: $GITHUB_REPOSITORY).",
+)
+@click.option(
+    "--api-url",
+    envvar="GITHUB_API_URL",
+    default="https://api.github.com",
+    show_default=True,
+    show_envvar=True,
+    help="GitHub REST API root.",
+)
+@click.option("--run-url", default=None, help="Link used when the report is missing (the workflow run).")
+@json_option
+@_handle
+def pr_comment(
+    *, report_dir: Path, kind: str, pr: int, repo: str, api_url: str, run_url: str | None, as_json: bool
+) -> int:
+    """Post the report as ONE pull-request comment, updated in place on every run.
+
+    The token comes from $GITHUB_TOKEN only (never a flag, so it stays out of process lists).
+    """
+    from .github import pr_comment as post
+
+    token = os.environ.get("GITHUB_TOKEN", "")
+    return post(
+        report_dir=report_dir, kind=kind, pr=pr, repo=repo, token=token, api_url=api_url,
+        run_url=run_url, as_json=as_json,
+    )  # fmt: skip
+
+
+@cli.command("expect", epilog=EPILOG)
+@click.option("--verdict", required=True, help="The verdict output of a workflow that ran mlflow-ci.")
+@click.option("--run-id", default="", help="The run_id output of that workflow.")
+@click.option("--want", type=click.Choice(["pass", "fail"]), default="pass", show_default=True)
+@_handle
+def expect(*, verdict: str, run_id: str, want: str) -> int:
+    """Exit 1 unless a workflow's outputs say the checks ended as wanted (a pass needs a run id)."""
+    from .github import expect_outputs
+
+    return expect_outputs(verdict=verdict, run_id=run_id, want=want)
+
+
+# --------------------------------------------------------------------------------------------
+
+
 def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for item in items:
