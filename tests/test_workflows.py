@@ -322,7 +322,7 @@ def test_pr_checks_inputs_and_outputs() -> None:
     assert defaults == {
         "project-path": ".",
         "python-version": "3.11",
-        "env-manager": "virtualenv",
+        "env-manager": "",
         "policy-path": "",
         "mlflow-ci-version": "",
         "comment": True,
