@@ -344,7 +344,7 @@ def test_pr_checks_steps() -> None:
     smoke = steps["smoke"]
     assert smoke["run"].startswith('mlflow-ci smoke "$PROJECT"')
     assert smoke["env"]["PROJECT"] == "${{ inputs.project-path }}"
-    assert smoke["env"]["ENV_MANAGER"] == "${{ inputs.env-manager }}"
+    assert smoke["env"]["MLFLOW_CI__SMOKE__ENV_MANAGER"] == "${{ inputs.env-manager }}"
     assert "inputs.policy-path" in smoke["env"]["POLICY"]
     assert "mlflow-ci.yaml" in smoke["env"]["POLICY"], "empty policy-path means <project>/mlflow-ci.yaml"
     upload = steps["Upload the report"]
