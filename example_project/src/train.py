@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import mlflow.data
 import mlflow.sklearn
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
@@ -167,8 +167,8 @@ def train(args: argparse.Namespace, config: RunConfig) -> str:
         )
         with _known_mlflow_warnings_silenced():
             source = data_file.as_uri()
-            train_ds = mlflow.data.from_pandas(train_df, source=source, name=dataset_name, targets=TARGET)
-            test_ds = mlflow.data.from_pandas(test_df, source=source, name=dataset_name, targets=TARGET)
+            train_ds = from_pandas(train_df, source=source, name=dataset_name, targets=TARGET)
+            test_ds = from_pandas(test_df, source=source, name=dataset_name, targets=TARGET)
             mlflow.log_input(train_ds, context="training")
             mlflow.log_input(test_ds, context="evaluation")
 
@@ -204,7 +204,7 @@ def train(args: argparse.Namespace, config: RunConfig) -> str:
             + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
             + f"; model {info.model_uri}"
         )
-        return run.info.run_id
+        return str(run.info.run_id)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
