@@ -156,11 +156,11 @@ def run_smoke(
 def predict_check(model_uri: str, env_manager: str, tracking_uri: str, scratch: Path) -> Check:
     """Load the model in its own environment and predict on its saved input example.
 
-    Uses MLflow's own ``mlflow.models.predict`` (the environment is built from the model's
-    requirements and cached under ``MLFLOW_ENV_ROOT``; ``local`` predicts in this process).
+    Uses MLflow's own pyfunc backend: the environment is built from the model's requirements and
+    cached under ``MLFLOW_ENV_ROOT``; ``local`` predicts in this process.
     """
     import mlflow.artifacts
-    import mlflow.models
+    from mlflow.models.flavor_backend_registry import get_flavor_backend
 
     with tracking.client_settings(tracking_uri):
         local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(scratch / "model")))
@@ -172,12 +172,13 @@ def predict_check(model_uri: str, env_manager: str, tracking_uri: str, scratch: 
     out_file = scratch / "predictions.json"
     try:
         with output.stdout_to_stderr():
-            mlflow.models.predict(
-                model_uri=str(local),
-                input_path=str(example),
-                content_type="json",
-                output_path=str(out_file),
-                env_manager=env_manager,
+            # mlflow.models.predict builds a throwaway environment on every call; the same
+            # backend with no private env root reuses the cache under MLFLOW_ENV_ROOT.
+            backend = get_flavor_backend(
+                str(local), env_manager=env_manager, create_env_root_dir=False, env_root_dir=None
+            )
+            backend.predict(
+                model_uri=str(local), input_path=str(example), output_path=str(out_file), content_type="json"
             )
     except Exception as exc:  # the model's own code failing is a check result, not our crash
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
