@@ -14,6 +14,8 @@ registered model named ``mlflow-ci.lock.M``:
   the same stale lease cannot both break something (the second rename hits an existing name), and a
   breaker that read an old holder can never rename a newer lease (its tombstone name is taken).
   Tombstones are kept as the record of a crash.
+  A lease whose holder ran on this same host and whose process is gone is stale at once (the
+  common "CI job or laptop crashed" case); across hosts only expiry counts.
 * **fencing**: before its commit step (the alias write) a holder calls :meth:`Lease.check`, which
   re-reads the lock and aborts unless it is still ours with at least ``margin`` seconds left.
 
@@ -66,6 +68,21 @@ class Holder:
     @property
     def expires(self) -> float:
         return self.created + self.seconds
+
+    def is_stale(self, now: float) -> bool:
+        """Expired, or held by a process of this very host that no longer exists (a crash here)."""
+        if now > self.expires:
+            return True
+        host, _, pid = self.host.rpartition(":")
+        if host != socket.gethostname() or not pid.isdigit():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def describe(self) -> str:
         until = dt.datetime.fromtimestamp(self.expires, dt.timezone.utc).isoformat(timespec="seconds")
@@ -202,7 +219,7 @@ def acquire(
                 if error_code(exc) == "RESOURCE_DOES_NOT_EXIST":
                     continue  # released between our two calls: try again at once
                 raise
-            if time.time() > holder.expires:
+            if holder.is_stale(time.time()):
                 _break(conn, name, holder, owner)
                 continue
         if time.monotonic() >= deadline:
