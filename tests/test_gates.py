@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli
-from modelfactory import log_run, write_eval_set
-
 from mlflow_ci.errors import PolicyError
 from mlflow_ci.gatereport import bar_chart_svg
 from mlflow_ci.gates import gate_command, gate_record
 from mlflow_ci.noise import paired_delta_interval
 from mlflow_ci.policy import load_policy
 from mlflow_ci.registry import Connection
+from modelfactory import log_run, write_eval_set
 
 POLICY = """\
 project: gates-test
