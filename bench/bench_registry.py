@@ -43,10 +43,9 @@ def seed_versions(db_uri: str, n: int) -> None:
 def log_candidate(url: str) -> str:
     import mlflow
     from mlflow.models import infer_signature
+    from mlflow_ci.tracking import client_settings
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
-
-    from mlflow_ci.tracking import client_settings
 
     X, y = load_iris(return_X_y=True, as_frame=True)
     model = LogisticRegression(max_iter=300).fit(X, y)
@@ -54,8 +53,13 @@ def log_candidate(url: str) -> str:
         mlflow.set_experiment("bench")
         with mlflow.start_run() as run:
             mlflow.log_metric("accuracy", float(model.score(X, y)))
-            mlflow.sklearn.log_model(model, name="model", signature=infer_signature(X, model.predict(X)),
-                                     input_example=X.head(2), pip_requirements=["scikit-learn"])  # fmt: skip
+            mlflow.sklearn.log_model(
+                model,
+                name="model",
+                signature=infer_signature(X, model.predict(X)),
+                input_example=X.head(2),
+                pip_requirements=["scikit-learn"],
+            )
     return run.info.run_id
 
 
@@ -86,10 +90,29 @@ def one_size(n: int, root: Path) -> list[float]:
                 gate_command(run_id=run_id, policy_path=policy, tracking_uri=url, report_dir=work / "r") == 0
             )
             assert register_command(run_id=run_id, policy_path=policy, tracking_uri=url, env=env) == 0
-            assert promote(model=MODEL, to="challenger", policy_path=policy, tracking_uri=url,
-                           report_dir=work / "r", env=env) == 0  # fmt: skip
-            assert promote(model=MODEL, to="champion", approved_by="bench", policy_path=policy, tracking_uri=url,
-                           report_dir=work / "r", env=env) == 0  # fmt: skip
+            assert (
+                promote(
+                    model=MODEL,
+                    to="challenger",
+                    policy_path=policy,
+                    tracking_uri=url,
+                    report_dir=work / "r",
+                    env=env,
+                )
+                == 0
+            )
+            assert (
+                promote(
+                    model=MODEL,
+                    to="champion",
+                    approved_by="bench",
+                    policy_path=policy,
+                    tracking_uri=url,
+                    report_dir=work / "r",
+                    env=env,
+                )
+                == 0
+            )
             times.append(time.perf_counter() - t0)
     del output
     return times
@@ -106,8 +129,11 @@ def main() -> None:
             with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
                 times = one_size(n, Path(tmp))
             results[n] = statistics.median(times)
-            print(f"bench_registry: {n:>5} versions: gate+register+promote(challenger, champion) "
-                  f"median {results[n]:.2f}s of {REPEATS} ({', '.join(f'{t:.2f}' for t in times)})", flush=True)  # fmt: skip
+            print(
+                f"bench_registry: {n:>5} versions: gate+register+promote(challenger, champion) "
+                f"median {results[n]:.2f}s of {REPEATS} ({', '.join(f'{t:.2f}' for t in times)})",
+                flush=True,
+            )
     base = results[SIZES[0]]
     for n in SIZES[1:]:
         print(f"bench_registry: ratio {n}/{SIZES[0]} = {results[n] / base:.2f} (1.00 = flat)")

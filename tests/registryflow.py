@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from modelfactory import log_run
-
 from mlflow_ci.errors import MlflowCiError
 from mlflow_ci.gates import gate_command
 from mlflow_ci.promotion import promote
 from mlflow_ci.register import register_command
 from mlflow_ci.rollback import rollback
+from modelfactory import log_run
 
 POLICY = """\
 project: registry-test
@@ -49,18 +48,43 @@ def release(server: str, policy: Path, *, quality: str, approver: str | None = "
     reports = policy.parent / "reports"
     run_id = log_run(server, quality=quality)
     out: dict[str, Any] = {"run_id": run_id}
-    out["gate"] = call(gate_command, run_id=run_id, policy_path=policy, tracking_uri=server, report_dir=reports)
+    out["gate"] = call(
+        gate_command, run_id=run_id, policy_path=policy, tracking_uri=server, report_dir=reports
+    )
     out["gate_report"] = json.loads((reports / "gate.json").read_text())
     if out["gate"] != 0:
         return out
     out["register"] = call(register_command, run_id=run_id, policy_path=policy, tracking_uri=server, env=ENV)
-    out["challenger"] = call(promote, model=None, to="challenger", policy_path=policy, tracking_uri=server,
-                             report_dir=reports, env=ENV)  # fmt: skip
-    out["champion"] = call(promote, model=None, to="champion", approved_by=approver, policy_path=policy,
-                           tracking_uri=server, report_dir=reports, env=ENV)  # fmt: skip
+    out["challenger"] = call(
+        promote,
+        model=None,
+        to="challenger",
+        policy_path=policy,
+        tracking_uri=server,
+        report_dir=reports,
+        env=ENV,
+    )
+    out["champion"] = call(
+        promote,
+        model=None,
+        to="champion",
+        approved_by=approver,
+        policy_path=policy,
+        tracking_uri=server,
+        report_dir=reports,
+        env=ENV,
+    )
     return out
 
 
 def do_rollback(server: str, policy: Path, **kw: Any) -> int:
-    return call(rollback, model=None, reason=kw.pop("reason", "test rollback"), policy_path=policy,
-                tracking_uri=server, report_dir=policy.parent / "reports", env=ENV, **kw)  # fmt: skip
+    return call(
+        rollback,
+        model=None,
+        reason=kw.pop("reason", "test rollback"),
+        policy_path=policy,
+        tracking_uri=server,
+        report_dir=policy.parent / "reports",
+        env=ENV,
+        **kw,
+    )

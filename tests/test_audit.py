@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from registryflow import release, write_policy
-
 from mlflow_ci.audit import GENESIS, T_ENTRY, T_HASH, AuditLog, Entry, Stored, replay
 from mlflow_ci.errors import ConcurrentChange
 from mlflow_ci.locking import T_SECONDS, acquire, lock_name
 from mlflow_ci.registry import Connection
+from registryflow import release, write_policy
 
 # --- unit: replaying chains ------------------------------------------------------------------
 
@@ -27,10 +26,22 @@ def chain(n: int) -> list[Stored]:
     out, prev = [], GENESIS
     for seq in range(1, n + 1):
         phase = "intent" if seq % 2 else "commit"
-        e = Entry(seq=seq, model="m", op="promote", phase=phase, who="t", when="now", prev_hash=prev,
-                  ref=None if phase == "intent" else seq - 1, alias="champion", from_version=None,
-                  to_version=str(seq // 2 + seq % 2))  # fmt: skip
-        out.append(Stored(run_id=f"r{seq}", seq_tag=str(seq).zfill(10), hash_tag=e.digest, deleted=False, entry=e))
+        e = Entry(
+            seq=seq,
+            model="m",
+            op="promote",
+            phase=phase,
+            who="t",
+            when="now",
+            prev_hash=prev,
+            ref=None if phase == "intent" else seq - 1,
+            alias="champion",
+            from_version=None,
+            to_version=str(seq // 2 + seq % 2),
+        )
+        out.append(
+            Stored(run_id=f"r{seq}", seq_tag=str(seq).zfill(10), hash_tag=e.digest, deleted=False, entry=e)
+        )
         prev = e.digest
     return out
 
@@ -100,7 +111,9 @@ def test_hand_edited_entry_is_detected(promoted) -> None:
     third = next(s for s in log.iter_entries(model) if s.entry and s.entry.seq == 3)
     body = json.loads(third.entry.canonical())
     body["who"] = "mallory"
-    Connection(url).client.set_tag(third.run_id, T_ENTRY, json.dumps(body, sort_keys=True, separators=(",", ":")))
+    Connection(url).client.set_tag(
+        third.run_id, T_ENTRY, json.dumps(body, sort_keys=True, separators=(",", ":"))
+    )
     code, checks = verify(url, model, policy)
     assert code == 1
     assert checks["hash chain"]["verdict"] == "fail"
@@ -154,8 +167,10 @@ def test_lease_is_exclusive_and_names_its_holder(tracking_server) -> None:
 def test_expired_lease_is_broken_into_a_tombstone(tracking_server) -> None:
     conn, model = Connection(tracking_server.url), f"lease-{uuid.uuid4().hex[:6]}"
     client = conn.client
-    client.create_registered_model(lock_name(model), tags={T_SECONDS: "0", "mlflow_ci.lease.owner": "ghost",
-                                                           "mlflow_ci.lease.host": "elsewhere:1"})  # fmt: skip
+    client.create_registered_model(
+        lock_name(model),
+        tags={T_SECONDS: "0", "mlflow_ci.lease.owner": "ghost", "mlflow_ci.lease.host": "elsewhere:1"},
+    )
     with acquire(conn, model, operation="after crash", actor="carol", seconds=60):
         tomb = client.get_registered_model(f"{lock_name(model)}.broken.ghost")
         assert "mlflow_ci.lease.broken_by" in tomb.tags
@@ -165,8 +180,14 @@ def test_lease_of_a_dead_local_process_is_stale(tracking_server) -> None:
     import socket
 
     conn, model = Connection(tracking_server.url), f"lease-{uuid.uuid4().hex[:6]}"
-    conn.client.create_registered_model(lock_name(model), tags={T_SECONDS: "3600", "mlflow_ci.lease.owner": "dead",
-                                        "mlflow_ci.lease.host": f"{socket.gethostname()}:999999"})  # fmt: skip
+    conn.client.create_registered_model(
+        lock_name(model),
+        tags={
+            T_SECONDS: "3600",
+            "mlflow_ci.lease.owner": "dead",
+            "mlflow_ci.lease.host": f"{socket.gethostname()}:999999",
+        },
+    )
     acquire(conn, model, operation="x", actor="y", seconds=60).release()
 
 

@@ -45,7 +45,8 @@ def write_policy(tmp_path: Path, text: str) -> Path:
 def test_policy_rejects_improvement_and_tolerance_together(tmp_path: Path) -> None:
     path = write_policy(
         tmp_path,
-        "project: p\ngates:\n  metrics:\n    - {name: accuracy, min_absolute_change: 0.01, max_regression: 0.02}\n",
+        "project: p\ngates:\n  metrics:\n"
+        "    - {name: accuracy, min_absolute_change: 0.01, max_regression: 0.02}\n",
     )
     with pytest.raises(PolicyError) as err:
         load_policy(path)
@@ -122,8 +123,9 @@ def verdicts(report: dict) -> dict[str, str]:
 
 def test_better_candidate_passes_and_records_its_verdict(tracking_server, runs, tmp_path) -> None:
     model = f"m-{uuid.uuid4().hex[:8]}"
-    code, report = gate(tmp_path, tracking_server.url, runs["good"],
-                        POLICY.format(model=model, baseline=runs["fair"]))  # fmt: skip
+    code, report = gate(
+        tmp_path, tracking_server.url, runs["good"], POLICY.format(model=model, baseline=runs["fair"])
+    )
     assert code == 0, report
     v = verdicts(report)
     assert v["metric:accuracy:change"] == "pass"
@@ -132,7 +134,8 @@ def test_better_candidate_passes_and_records_its_verdict(tracking_server, runs, 
     assert row["delta"] == pytest.approx(row["candidate"] - row["baseline"])
     assert row["delta"] > 0.05
     html = (tmp_path / "reports" / "gate.html").read_text()
-    assert "<svg" in html and "Candidate against baseline" in html
+    assert "<svg" in html
+    assert "Candidate against baseline" in html
     md = (tmp_path / "reports" / "gate.md").read_text()
     assert "| accuracy | higher |" in md
     # The verdict is attached to the run and its digest checks out.
@@ -146,8 +149,17 @@ def test_worse_candidate_is_blocked_by_the_cli_with_a_table_showing_why(
 ) -> None:
     model = f"m-{uuid.uuid4().hex[:8]}"
     policy = write_policy(tmp_path, POLICY.format(model=model, baseline=runs["good"]))
-    r = run_cli("gate", runs["weak"], "--policy", str(policy), "--tracking-uri", tracking_server.url,
-                "--report-dir", str(tmp_path / "out"), "--no-record")  # fmt: skip
+    r = run_cli(
+        "gate",
+        runs["weak"],
+        "--policy",
+        str(policy),
+        "--tracking-uri",
+        tracking_server.url,
+        "--report-dir",
+        str(tmp_path / "out"),
+        "--no-record",
+    )
     assert r.returncode == 1, r.stderr
     table_row = next(line for line in r.stderr.splitlines() if line.startswith("| accuracy vs baseline"))
     assert "❌ fail" in table_row
@@ -183,15 +195,20 @@ def test_absolute_bound_still_applies_without_baseline(tracking_server, runs, tm
 
 @pytest.mark.parametrize("which", ["no_accuracy", "nan"])
 def test_missing_or_nan_metric_fails_closed(tracking_server, runs, tmp_path, which) -> None:
-    code, report = gate(tmp_path, tracking_server.url, runs[which],
-                        POLICY.format(model="m-closed", baseline=runs["fair"]))  # fmt: skip
+    code, report = gate(
+        tmp_path, tracking_server.url, runs[which], POLICY.format(model="m-closed", baseline=runs["fair"])
+    )
     assert code == 1
     assert verdicts(report)["metric:accuracy"] == "fail"
 
 
 def test_baseline_without_the_metric_fails_closed(tracking_server, runs, tmp_path) -> None:
-    code, report = gate(tmp_path, tracking_server.url, runs["good"],
-                        POLICY.format(model="m-closed", baseline=runs["no_accuracy"]))  # fmt: skip
+    code, report = gate(
+        tmp_path,
+        tracking_server.url,
+        runs["good"],
+        POLICY.format(model="m-closed", baseline=runs["no_accuracy"]),
+    )
     assert code == 1
     assert verdicts(report)["metric:accuracy:change"] == "fail"
 
@@ -229,18 +246,35 @@ gates:
 def test_confidence_gate_needs_an_improvement_beyond_noise(tracking_server, runs, tmp_path) -> None:
     eval_set = write_eval_set(tmp_path / "eval.csv")
     # weak → good: a real improvement on the 60 held-out rows.
-    code, report = gate(tmp_path, tracking_server.url, runs["good"], CONFIDENCE.format(baseline=runs["weak"]),
-                        eval_data=eval_set, record_verdict=False)  # fmt: skip
+    code, report = gate(
+        tmp_path,
+        tracking_server.url,
+        runs["good"],
+        CONFIDENCE.format(baseline=runs["weak"]),
+        eval_data=eval_set,
+        record_verdict=False,
+    )
     assert code == 0, report
     assert verdicts(report)["metric:accuracy:confidence"] == "pass"
     # good → an identical retrain: the logged metric may tick, the paired delta is pure noise.
-    code, report = gate(tmp_path, tracking_server.url, runs["good2"], CONFIDENCE.format(baseline=runs["good"]),
-                        eval_data=eval_set, record_verdict=False)  # fmt: skip
+    code, report = gate(
+        tmp_path,
+        tracking_server.url,
+        runs["good2"],
+        CONFIDENCE.format(baseline=runs["good"]),
+        eval_data=eval_set,
+        record_verdict=False,
+    )
     assert code == 1
     assert verdicts(report)["metric:accuracy:confidence"] == "fail"
     # Without the evaluation set the gate fails closed.
-    code, report = gate(tmp_path, tracking_server.url, runs["good"], CONFIDENCE.format(baseline=runs["weak"]),
-                        record_verdict=False)  # fmt: skip
+    code, report = gate(
+        tmp_path,
+        tracking_server.url,
+        runs["good"],
+        CONFIDENCE.format(baseline=runs["weak"]),
+        record_verdict=False,
+    )
     assert code == 1
     assert "no evaluation set" in json.dumps(report)
 
