@@ -6,18 +6,39 @@ in the policy, not the smoke parameters) against a tracking server and report th
 from __future__ import annotations
 
 import json
-import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import output, proc
-from .errors import InfraError
-from .policy import find_policy
+from . import envmanagers, output, proc
+from .errors import CheckFailed
+from .policy import Policy, find_policy
+from .projectrun import ProjectRun, param_value, run_project
 from .registry import connect, load_command_policy
-from .tracking import client_env
 
-RUN_ID_RE = re.compile(r"Run \(ID '([0-9a-f]{32})'\) succeeded")
+
+def train_run(
+    *,
+    project: Path,
+    policy: Policy,
+    tracking_uri: str,
+    env_manager: str | None = None,
+    params: Mapping[str, str] | None = None,
+) -> ProjectRun:
+    """Run the project with its full parameters; raises CheckFailed when the entry point fails."""
+    cfg = policy.train
+    manager = envmanagers.get(env_manager or cfg.env_manager)
+    manager.preflight()
+    experiment = cfg.experiment or policy.naming.render("experiment", policy.project)
+    parameters = {**{k: param_value(v) for k, v in cfg.parameters.items()}, **dict(params or {})}
+    ran = run_project(project, entry_point=cfg.entry_point, parameters=parameters, env_manager=manager.name,
+                      experiment=experiment, tracking_uri=tracking_uri, timeout=cfg.timeout)  # fmt: skip
+    if not ran.ok:
+        raise CheckFailed(
+            f"Training {project} ({cfg.entry_point}) failed: {ran.outcome}"
+            + (f", run {ran.run_id}" if ran.run_id else "")
+            + f". Last output:\n{proc.tail(ran.output)}"
+        )
+    return ran
 
 
 def train_command(
@@ -30,37 +51,12 @@ def train_command(
     as_json: bool = False,
 ) -> int:
     loaded = load_command_policy(policy_path or find_policy(project), project_default=project.resolve().name)
-    policy = loaded.policy
-    cfg = policy.train
     conn = connect(tracking_uri)
-    experiment = cfg.experiment or policy.naming.render("experiment", policy.project)
-    parameters = {**{k: str(v) for k, v in cfg.parameters.items()}, **dict(params or {})}
-    args = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "run",
-        str(project),
-        "-e",
-        cfg.entry_point,
-        "--env-manager",
-        env_manager or cfg.env_manager,
-        "--experiment-name",
-        experiment,
-    ]
-    for key, value in parameters.items():
-        args += ["-P", f"{key}={value}"]
-    with output.step(f"train {project} ({cfg.entry_point}, {len(parameters)} parameters)"):
-        done = proc.run(
-            args, env=client_env(conn.server), timeout=cfg.timeout, stream=True, what=f"mlflow run {project}"
-        )
-    match = RUN_ID_RE.search(done.output)
-    if not match:
-        raise InfraError(f"mlflow run {project} succeeded but printed no run id. Last output:\n{done.tail}")
-    run_id = match.group(1)
-    output.set_output("run_id", run_id)
+    ran = train_run(project=project.resolve(), policy=loaded.policy, tracking_uri=conn.server,
+                    env_manager=env_manager, params=params)  # fmt: skip
+    output.set_output("run_id", ran.run_id or "")
     if as_json:
-        print(json.dumps({"run_id": run_id, "experiment": experiment, "parameters": parameters}))
+        print(json.dumps({"run_id": ran.run_id, "experiment": ran.experiment, "elapsed_s": ran.elapsed_s}))
     else:
-        print(run_id)
+        print(ran.run_id)
     return 0
