@@ -14,8 +14,8 @@
 # Knobs (environment):
 #   MLFLOW_CI_ENGINE_SOCKET   socket of podman's Docker API   (/run/mlflow-ci/podman.sock)
 #   MLFLOW_CI_REGISTRY_ADDR   host:port of the local registry (127.0.0.1:5000)
-#   MLFLOW_CI_BASE_PYTHONS    python versions to tag as python:<v>-slim; default: the full and
-#                             major.minor version of the `python3` on PATH (the one that logs models)
+#   MLFLOW_CI_BASE_PYTHONS    python versions to tag as python:<v>-slim; default: every Python 3.11.x
+#                             found (python3 on PATH, pyenv's versions) plus 3.11 -- see python_versions
 set -euo pipefail
 
 RUN_DIR=/run/mlflow-ci
@@ -30,12 +30,29 @@ REGISTRY_CONF=$CONF_DIR/registry.yml
 HOST_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 IMAGE_CA_PATH=/usr/local/share/mlflow-ci/ca-bundle.crt
 SUITE=bookworm
+IMAGE_PY=3.11 # the python3 of Debian $SUITE, i.e. of the base image
+BOOT_ID_FILE=/proc/sys/kernel/random/boot_id
+# Runtime state that a tmpfs /run would lose at a reboot.  Here /run is on the root disk.
+PODMAN_STATE_DIRS=(/run/libpod /run/containers)
 # What the base image holds.  python-is-python3: MLflow's Dockerfile runs `python`, not `python3`.
 BASE_PACKAGES=python3,python3-venv,python3-pip,python-is-python3,ca-certificates
 # Packages this script needs.  Deliberately not: uidmap/slirp4netns (rootless only),
 # fuse-overlayfs (the kernel's overlayfs works on ext4), crun (fails on the hybrid cgroups here).
 # containernetworking-plugins + iptables come in as podman's dependencies and publish ports.
 HOST_PACKAGES=(podman runc mmdebstrap docker-registry curl ca-certificates)
+# The base image's environment.  Registries inside containers are reached through a
+# TLS-intercepting proxy: the host's CA bundle (which trusts it) is copied into the image and
+# every TLS client is pointed at that copy.
+IMAGE_ENV=(
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    "LANG=C.UTF-8"
+    "PIP_CERT=$IMAGE_CA_PATH"
+    "REQUESTS_CA_BUNDLE=$IMAGE_CA_PATH"
+    "SSL_CERT_FILE=$IMAGE_CA_PATH"
+    "CURL_CA_BUNDLE=$IMAGE_CA_PATH"
+    "PIP_DISABLE_PIP_VERSION_CHECK=1"
+    "PIP_DEFAULT_TIMEOUT=180"
+)
 
 STARTED_AT=$SECONDS
 
@@ -48,17 +65,30 @@ die() {
 
 # --- pure helpers (unit-tested) -------------------------------------------------------------
 
-# python_tags FULL_VERSION -> "3.11.7 3.11": the tags MLflow may ask for.  The Dockerfile of a
-# model uses the full version recorded in its python_env.yaml; MLflow's sandbox uses major.minor.
-python_tags() {
-    local full=$1
-    local mm
-    mm=$(printf '%s' "$full" | cut -d. -f1-2)
-    if [[ "$full" == "$mm" ]]; then
-        printf '%s\n' "$full"
-    else
-        printf '%s %s\n' "$full" "$mm"
-    fi
+# python_versions IMAGE_PY VERSION... -> the versions to tag python:<v>-slim, one per line.
+# MLflow 3.17.2's generate-dockerfile uses the full version recorded in the model's
+# python_env.yaml (python:3.11.7-slim); its server sandbox uses major.minor (python:3.11-slim).
+# Only versions of the image's own Python qualify: a model logged with 3.12 would get 3.11.
+python_versions() {
+    local image_py=$1 v
+    shift
+    for v in "$image_py" "$@"; do
+        if [[ "$v" == "$image_py" || "$v" == "$image_py".* ]]; then
+            printf '%s\n' "$v"
+        fi
+    done | awk '!seen[$0]++'
+}
+
+# host_pythons -> the full versions of the Pythons that may log models here.
+host_pythons() {
+    local py d
+    for py in python3 /usr/bin/python3; do
+        command -v "$py" >/dev/null 2>&1 && "$py" -c 'import platform; print(platform.python_version())' 2>/dev/null
+    done
+    for d in "${PYENV_ROOT:-/root/.pyenv}"/versions/*/; do
+        [[ -x "$d/bin/python3" ]] && basename "$d"
+    done
+    return 0
 }
 
 # clamp_limit HARD WANT -> the smaller; "unlimited" counts as infinite.
@@ -128,7 +158,12 @@ EOF
 base_recipe() {
     local ca_sum=none
     [[ -r "$HOST_CA_BUNDLE" ]] && ca_sum=$(sha256sum "$HOST_CA_BUNDLE" | cut -c1-16)
-    printf '%s\n' "v1 $SUITE $BASE_PACKAGES ca=$ca_sum" | sha256sum | cut -c1-16
+    printf '%s\n' "v2 $SUITE $BASE_PACKAGES ca=$ca_sum ${IMAGE_ENV[*]}" | sha256sum | cut -c1-16
+}
+
+# booted_since RECORDED_FILE CURRENT_BOOT_ID -> 0 if RECORDED_FILE holds another boot's id.
+booted_since() {
+    [[ -f "$1" ]] && [[ "$(cat "$1")" != "$2" ]]
 }
 
 # --- side effects ---------------------------------------------------------------------------
@@ -234,6 +269,15 @@ start_engine() {
     mkdir -p "$(dirname "$SOCKET")" "$LOG_DIR" "$RUN_DIR"
     # A socket file left by a dead service (e.g. after a machine restart) blocks the bind.
     [[ -e "$SOCKET" ]] && rm -f "$SOCKET"
+    local boot_id
+    boot_id=$(cat "$BOOT_ID_FILE")
+    # /run is not a tmpfs here: after a restart podman would find its "alive" marker and the
+    # states of containers that died with the machine, skip its post-boot refresh and trust
+    # them.  Clear that state, as a reboot clears it elsewhere -- only when no podman runs.
+    if booted_since "$RUN_DIR/boot-id" "$boot_id" && ! pgrep -x podman >/dev/null && ! pgrep -x conmon >/dev/null; then
+        log "engine: the machine restarted since the service last ran: clearing ${PODMAN_STATE_DIRS[*]}"
+        rm -rf "${PODMAN_STATE_DIRS[@]}"
+    fi
     log "engine: starting podman system service on unix://$SOCKET (log $LOG_DIR/podman-service.log)"
     setsid podman system service --time=0 "unix://$SOCKET" \
         >>"$LOG_DIR/podman-service.log" 2>&1 </dev/null &
@@ -242,6 +286,7 @@ start_engine() {
         tail -n 20 "$LOG_DIR/podman-service.log" >&2 || true
         die "podman system service did not answer on $SOCKET within 30 s (log above)"
     }
+    printf '%s\n' "$boot_id" >"$RUN_DIR/boot-id"
     log "engine: answering (pid $(cat "$pidfile"))"
 }
 
@@ -270,13 +315,14 @@ image_recipe() { # image_recipe REF -> the recipe label, or nothing if the image
 }
 
 build_base_image() {
-    local full=$1 recipe=$2 primary=$3 work tarball
+    local recipe=$1 primary=$2 work tarball
     work=$(mktemp -d /var/tmp/mlflow-ci-base.XXXXXX)
     tarball=$work/rootfs.tar
     log "base image: mmdebstrap --variant=minbase $SUITE ($BASE_PACKAGES); about a minute"
     # Mirrors are given explicitly: without them, and with stdin not a terminal (CI), mmdebstrap
     # reads the mirror list from stdin.  Valid-Until/Date checks are off as on the host, whose
-    # package mirror serves a dated snapshot.
+    # package mirror serves a dated snapshot.  The hooks run with $1 = the new root.
+    # shellcheck disable=SC2016
     mmdebstrap --quiet --variant=minbase --include="$BASE_PACKAGES" \
         --aptopt='Acquire::Check-Valid-Until "false"' \
         --aptopt='Acquire::Check-Date "false"' \
@@ -289,17 +335,9 @@ build_base_image() {
         "deb http://deb.debian.org/debian $SUITE-updates main" \
         "deb http://deb.debian.org/debian-security $SUITE-security main" </dev/null
     log "base image: podman import as $primary"
-    # Registries inside containers are reached through a TLS-intercepting proxy: the host's CA
-    # bundle (which trusts it) goes into the image and every TLS client is pointed at it.
-    podman import --quiet \
-        --change "ENV PIP_CERT=$IMAGE_CA_PATH" \
-        --change "ENV REQUESTS_CA_BUNDLE=$IMAGE_CA_PATH" \
-        --change "ENV SSL_CERT_FILE=$IMAGE_CA_PATH" \
-        --change "ENV CURL_CA_BUNDLE=$IMAGE_CA_PATH" \
-        --change "ENV PIP_DISABLE_PIP_VERSION_CHECK=1" \
-        --change "ENV PIP_DEFAULT_TIMEOUT=180" \
-        --change "ENV LANG=C.UTF-8" \
-        --change "ENV PYTHON_VERSION=$full" \
+    local changes=() e
+    for e in "${IMAGE_ENV[@]}"; do changes+=(--change "ENV $e"); done
+    podman import --quiet "${changes[@]}" \
         --change "LABEL io.mlflow-ci.base-recipe=$recipe" \
         --change 'CMD ["python3"]' \
         --message "mlflow-ci base image: Debian $SUITE minbase + python3" \
@@ -308,22 +346,18 @@ build_base_image() {
 }
 
 ensure_base_images() {
-    local host_py image_py versions v tag recipe primary="" need_build=0 tags=()
-    image_py=3.11 # Debian bookworm's python3
-    if [[ -n "${MLFLOW_CI_BASE_PYTHONS:-}" ]]; then
-        versions=$MLFLOW_CI_BASE_PYTHONS
-    else
-        host_py=$(python3 -c 'import platform; print(platform.python_version())')
-        versions=$(python_tags "$host_py")
-    fi
+    local wanted versions v tag recipe primary="" need_build=0 tags=() skipped=()
+    wanted=${MLFLOW_CI_BASE_PYTHONS:-$(host_pythons | sort -uV | tr '\n' ' ')}
+    # shellcheck disable=SC2086 # a space-separated list
+    versions=$(python_versions "$IMAGE_PY" $wanted)
+    for v in $wanted; do
+        grep -qxF -- "$v" <<<"$versions" || skipped+=("$v")
+    done
+    ((${#skipped[@]} == 0)) ||
+        log "base image: no tag for Python ${skipped[*]} (the image's Python is $IMAGE_PY; such models need another base)"
     for v in $versions; do
-        if [[ "$v" != "$image_py" && "$v" != "$image_py".* ]]; then
-            warn "not tagging python:$v-slim: the base image holds Debian's Python $image_py, and a model logged with Python $v may not load on it"
-            continue
-        fi
         tags+=("docker.io/library/python:$v-slim")
     done
-    ((${#tags[@]})) || die "no python:<ver>-slim tag to make (MLFLOW_CI_BASE_PYTHONS='$versions')"
     recipe=$(base_recipe)
     for tag in "${tags[@]}"; do
         if [[ "$(image_recipe "$tag")" == "$recipe" ]]; then
@@ -334,7 +368,7 @@ ensure_base_images() {
     if [[ -z "$primary" ]]; then
         primary=${tags[0]}
         local t0=$SECONDS
-        build_base_image "$(printf '%s' "${tags[0]}" | sed 's/.*python:\(.*\)-slim/\1/')" "$recipe" "$primary"
+        build_base_image "$recipe" "$primary"
         log "base image: built in $((SECONDS - t0)) s"
         need_build=1
     fi
@@ -373,6 +407,10 @@ main() {
         *) die "usage: $0 [--check]" ;;
     esac
     ((EUID == 0)) || die "run as root (podman runs rootful here; the script writes /etc/containers)"
+    mkdir -p "$RUN_DIR"
+    # Two runs at once (parallel jobs) would both start a service: the second waits here.
+    exec 9>"$RUN_DIR/setup.lock"
+    flock -w 900 9 || die "another setup-engine.sh held $RUN_DIR/setup.lock for 15 minutes"
     CONFIG_CHANGED=0
     REGISTRY_CONFIG_CHANGED=0
     ensure_packages
