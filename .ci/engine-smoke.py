@@ -25,6 +25,10 @@ import urllib.request
 from pathlib import Path
 
 import docker
+import mlflow.sklearn
+import pandas as pd
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
 
 SOCKET_URL = "unix:///run/mlflow-ci/podman.sock"
 REGISTRY = os.environ.get("MLFLOW_CI_REGISTRY", "localhost:5000")
@@ -36,11 +40,6 @@ def step(msg: str) -> None:
 
 
 def train_and_save(model_dir: Path) -> None:
-    import mlflow.sklearn
-    import pandas as pd
-    from sklearn.datasets import load_iris
-    from sklearn.linear_model import LogisticRegression
-
     x, y = load_iris(return_X_y=True, as_frame=True)
     model = LogisticRegression(max_iter=300).fit(x, y)
     mlflow.sklearn.save_model(model, str(model_dir), input_example=pd.DataFrame(x.iloc[:2]))
@@ -49,9 +48,23 @@ def train_and_save(model_dir: Path) -> None:
 def generate_dockerfile(model_dir: Path, out_dir: Path) -> str:
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
     subprocess.run(
-        [sys.executable, "-m", "mlflow", "models", "generate-dockerfile",
-         "-m", str(model_dir), "-d", str(out_dir), "--env-manager", "local"],
-        check=True, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "generate-dockerfile",
+            "-m",
+            str(model_dir),
+            "-d",
+            str(out_dir),
+            "--env-manager",
+            "local",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     return (out_dir / "Dockerfile").read_text()
 
@@ -72,8 +85,8 @@ def build(client: docker.DockerClient, path: Path, tag: str, nocache: bool) -> f
 
 def http(url: str, body: dict | None = None, timeout: float = 5.0) -> tuple[int, str]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})  # noqa: S310
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
         return resp.status, resp.read().decode()
 
 
@@ -132,10 +145,12 @@ def push_pull(client: docker.DockerClient, tag: str) -> dict:
     req = urllib.request.Request(
         f"http://{REGISTRY.replace('localhost', '127.0.0.1')}/v2/mlflow-ci-smoke/manifests/v1",
         method="HEAD",
-        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json, "
-                           "application/vnd.oci.image.manifest.v1+json"},
+        headers={
+            "Accept": "application/vnd.docker.distribution.manifest.v2+json, "
+            "application/vnd.oci.image.manifest.v1+json"
+        },
     )
-    with urllib.request.urlopen(req, timeout=5) as resp:
+    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
         registry_digest = resp.headers["Docker-Content-Digest"]
     # Drop every local name of the image, so the pull has to fetch manifest and config (layers
     # shared with the build cache stay in storage and are reused, as on any engine).
@@ -149,9 +164,12 @@ def push_pull(client: docker.DockerClient, tag: str) -> dict:
     pulled_digest = next((d.split("@", 1)[1] for d in repo_digests if d.startswith(remote)), None)
     same_image = pulled.id == image.id
     result = {
-        "push_s": round(push_s, 1), "pull_s": round(pull_s, 1),
-        "push_reported_digest": pushed_digest, "registry_digest": registry_digest,
-        "pulled_repo_digest": pulled_digest, "pulled_image_id_equals_built": same_image,
+        "push_s": round(push_s, 1),
+        "pull_s": round(pull_s, 1),
+        "push_reported_digest": pushed_digest,
+        "registry_digest": registry_digest,
+        "pulled_repo_digest": pulled_digest,
+        "pulled_image_id_equals_built": same_image,
     }
     assert registry_digest == pulled_digest, result
     assert same_image, result
