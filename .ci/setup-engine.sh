@@ -319,9 +319,10 @@ build_base_image() {
     work=$(mktemp -d /var/tmp/mlflow-ci-base.XXXXXX)
     tarball=$work/rootfs.tar
     log "base image: mmdebstrap --variant=minbase $SUITE ($BASE_PACKAGES); about a minute"
-    # Mirrors are given explicitly: without them, and with stdin not a terminal (CI), mmdebstrap
-    # reads the mirror list from stdin.  Valid-Until/Date checks are off as on the host, whose
-    # package mirror serves a dated snapshot.  The hooks run with $1 = the new root.
+    # Mirrors are explicit, so the image's sources.list is exactly these three, and stdin is
+    # /dev/null (mmdebstrap reads sources from stdin in some invocations; CI has none).
+    # Valid-Until/Date checks are off as on the host, whose package mirror serves a dated
+    # snapshot.  The hooks run with $1 = the new root.
     # shellcheck disable=SC2016
     mmdebstrap --quiet --variant=minbase --include="$BASE_PACKAGES" \
         --aptopt='Acquire::Check-Valid-Until "false"' \
