@@ -88,7 +88,11 @@ def bar_chart_svg(rows: list[dict[str, Any]], width: int = 640) -> str:
             v = r[key]
             yy = y + i * bar_h
             if v is None or math.isnan(v):
-                parts.append(f'<text x="{label_w + 4}" y="{yy + 11}" fill="#a50e0e">missing</text>')
+                # No baseline value at all is normal for a first model; a missing candidate value is not.
+                word, fill = (
+                    ("none", "#5f6368") if key == "baseline" and v is None else ("missing", "#a50e0e")
+                )
+                parts.append(f'<text x="{label_w + 4}" y="{yy + 11}" fill="{fill}">{word}</text>')
                 continue
             w = max(1.0, plot_w * abs(v) / scale * 0.95)
             parts.append(
