@@ -403,15 +403,42 @@ def pr_comment(
 
 
 @cli.command("expect", epilog=EPILOG)
-@click.option("--verdict", required=True, help="The verdict output of a workflow that ran mlflow-ci.")
+@click.option("--verdict", default=None, help="The verdict output of a workflow that ran mlflow-ci.")
 @click.option("--run-id", default="", help="The run_id output of that workflow.")
 @click.option("--want", type=click.Choice(["pass", "fail"]), default="pass", show_default=True)
+@click.option("--model", default=None, help="Registered model whose aliases --alias checks.")
+@click.option(
+    "--alias",
+    "alias_pairs",
+    multiple=True,
+    metavar="ALIAS=VERSION",
+    help="Expect MODEL@ALIAS to be VERSION in the registry (repeatable; needs --model).",
+)
+@tracking_option
 @_handle
-def expect(*, verdict: str, run_id: str, want: str) -> int:
-    """Exit 1 unless a workflow's outputs say the checks ended as wanted (a pass needs a run id)."""
-    from .github import expect_outputs
+def expect(
+    *,
+    verdict: str | None,
+    run_id: str,
+    want: str,
+    model: str | None,
+    alias_pairs: tuple[str, ...],
+    tracking_uri: str | None,
+) -> int:
+    """Exit 1 unless a workflow's outputs say the checks ended as wanted (a pass needs a run id),
+    and, with --alias, unless the registry holds the versions the outputs name."""
+    from .github import expect_aliases, expect_outputs
 
-    return expect_outputs(verdict=verdict, run_id=run_id, want=want)
+    if verdict is None and not alias_pairs:
+        raise click.UsageError("Nothing to expect: pass --verdict, or --model with --alias.")
+    if alias_pairs and not model:
+        raise click.UsageError("--alias needs --model.")
+    wanted = _parse_params(alias_pairs, param_hint="--alias")
+    if verdict is not None:
+        expect_outputs(verdict=verdict, run_id=run_id, want=want)
+    if wanted:
+        expect_aliases(model=str(model), wanted=wanted, tracking_uri=tracking_uri)
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -567,12 +594,12 @@ def train(project: Path, policy_path: Path | None, tracking_uri: str | None, env
 # ============================================================================================
 
 
-def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
+def _parse_params(items: tuple[str, ...], param_hint: str = "-P/--param") -> dict[str, str]:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="-P/--param")
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=param_hint)
         out[key] = value
     return out
 
