@@ -280,7 +280,7 @@ start_engine() {
     fi
     log "engine: starting podman system service on unix://$SOCKET (log $LOG_DIR/podman-service.log)"
     setsid podman system service --time=0 "unix://$SOCKET" \
-        >>"$LOG_DIR/podman-service.log" 2>&1 </dev/null &
+        >>"$LOG_DIR/podman-service.log" 2>&1 </dev/null 9>&- &
     echo $! >"$pidfile"
     wait_for 30 engine_answers || {
         tail -n 20 "$LOG_DIR/podman-service.log" >&2 || true
@@ -301,7 +301,7 @@ start_registry() {
     fi
     mkdir -p "$REGISTRY_DIR" "$LOG_DIR" "$RUN_DIR"
     log "registry: starting docker-registry on $REGISTRY_ADDR (storage $REGISTRY_DIR, log $LOG_DIR/registry.log)"
-    setsid docker-registry serve "$REGISTRY_CONF" >>"$LOG_DIR/registry.log" 2>&1 </dev/null &
+    setsid docker-registry serve "$REGISTRY_CONF" >>"$LOG_DIR/registry.log" 2>&1 </dev/null 9>&- &
     echo $! >"$pidfile"
     wait_for 20 registry_answers || {
         tail -n 20 "$LOG_DIR/registry.log" >&2 || true
