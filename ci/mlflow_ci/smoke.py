@@ -139,7 +139,7 @@ def predict_check(model_uri: str, env_manager: str, tracking_uri: str, scratch: 
     rows = _example_rows(json.loads(example.read_text(encoding="utf-8")))
     out_file = scratch / "predictions.json"
     try:
-        with output.stdout_to_stderr():
+        with tracking.client_settings(tracking_uri), output.stdout_to_stderr():
             # mlflow.models.predict builds a throwaway environment on every call; the same
             # backend with no private env root reuses the cache under MLFLOW_ENV_ROOT.
             backend = get_flavor_backend(

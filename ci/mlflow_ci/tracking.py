@@ -34,6 +34,9 @@ CLIENT_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # Environments built by uv get their bytecode compiled once, at install: with
+    # PYTHONDONTWRITEBYTECODE set (as on many CI machines) every run would recompile every import.
+    "UV_COMPILE_BYTECODE": "1",
 }
 
 
