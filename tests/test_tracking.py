@@ -83,3 +83,18 @@ def test_server_killed_is_reported_unhealthy(tmp_path: Path) -> None:
         os.killpg(server.pid, signal.SIGKILL)
         with pytest.raises(ServerUnreachable):
             require_reachable(server.url, attempts=2, delay=0.05)
+
+
+def test_children_do_not_inherit_the_callers_run_or_virtualenv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """nox sets VIRTUAL_ENV: `uv pip install` in a child would then install a project's lock into
+    mlflow-ci's own environment; a leaked MLFLOW_RUN_ID would attach the child to another run."""
+    from mlflow_ci.tracking import client_env, client_settings
+
+    for name in ("VIRTUAL_ENV", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.setenv(name, "leaked")
+    env = client_env("http://127.0.0.1:5000")
+    assert not {"VIRTUAL_ENV", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"} & set(env)
+    assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
+    with client_settings("http://127.0.0.1:5000"):
+        assert "VIRTUAL_ENV" not in os.environ
+    assert os.environ["VIRTUAL_ENV"] == "leaked"

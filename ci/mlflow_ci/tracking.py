@@ -72,13 +72,15 @@ def require_reachable(uri: str, *, attempts: int = 3, delay: float = 1.0) -> Non
     )
 
 
-# Inherited from a caller, these would silently attach a child to someone else's experiment or run.
-CALLER_RUN_CONTEXT = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+# Inherited from the caller, these would silently attach a child to someone else's experiment or
+# run, or (VIRTUAL_ENV, set by nox and activated venvs) make `uv pip install` put a project's or a
+# model's requirements into the caller's own environment instead of the one MLflow just created.
+CALLER_CONTEXT = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "VIRTUAL_ENV")
 
 
 def client_env(tracking_uri: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = proc.base_env(CLIENT_ENV)
-    for name in CALLER_RUN_CONTEXT:
+    for name in CALLER_CONTEXT:
         env.pop(name, None)
     env["MLFLOW_TRACKING_URI"] = tracking_uri
     if extra:
@@ -89,7 +91,9 @@ def client_env(tracking_uri: str, extra: Mapping[str, str] | None = None) -> dic
 @contextlib.contextmanager
 def client_settings(tracking_uri: str) -> Iterator[None]:
     """Scope the in-process MLflow client to ``tracking_uri`` with bounded retries."""
-    saved = {k: os.environ.get(k) for k in (*CLIENT_ENV, "MLFLOW_TRACKING_URI")}
+    saved = {k: os.environ.get(k) for k in (*CLIENT_ENV, *CALLER_CONTEXT, "MLFLOW_TRACKING_URI")}
+    for name in CALLER_CONTEXT:
+        os.environ.pop(name, None)
     os.environ.update(CLIENT_ENV)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     import mlflow
