@@ -415,6 +415,76 @@ def expect(*, verdict: str, run_id: str, want: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# ============================================================================================
+# Server operations (issue 5): backup, restore, retention, server doctor/config/upgrade.
+# Every command parses flags and calls one function of its own module.
+
+backend_option = click.option("--backend-store-uri", default=None,
+                              help="Tracking database (default: server.backend_store_uri).")  # fmt: skip
+artifacts_option = click.option("--artifacts-destination", "artifacts_uri", default=None,
+                                help="Artifact root: path, s3://, wasbs:// (default: server.artifacts_destination).")  # fmt: skip
+auth_db_option = click.option("--auth-db-uri", default=None,
+                              help="basic-auth users database (default: server.auth_db_uri).")  # fmt: skip
+
+
+@cli.command("backup", epilog=EPILOG)
+@backend_option
+@artifacts_option
+@auth_db_option
+@click.option("--to", "destination", default=None, help="Backup repository: folder or s3://bucket/prefix "
+              "(default: backup.destination).")  # fmt: skip
+@click.option(
+    "--keep",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Complete backups to keep (default: backup.keep).",
+)
+@policy_option
+@json_option
+@_handle
+def backup_cmd(backend_store_uri: str | None, artifacts_uri: str | None, auth_db_uri: str | None,
+               destination: str | None, keep: int | None, policy_path: Path | None, as_json: bool) -> int:  # fmt: skip
+    """Back up the tracking database, then the artifacts, then the auth database, with a manifest.
+
+    The backup is consistent (database snapshot first), atomic (a crash leaves the previous
+    backup and the `latest` pointer intact) and incremental (unchanged artifacts are not copied).
+    """
+    from .backup import backup_command
+
+    return backup_command(backend_store_uri=backend_store_uri, artifacts_uri=artifacts_uri, destination=destination,
+                          auth_db_uri=auth_db_uri, keep=keep, policy_path=policy_path, as_json=as_json)  # fmt: skip
+
+
+@cli.command("restore", epilog=EPILOG)
+@click.option("--from", "source", default=None, help="Backup repository (default: backup.destination).")
+@click.option("--backup", "backup_id", default=None, help="Backup id (default: the latest complete one).")
+@backend_option
+@artifacts_option
+@auth_db_option
+@click.option("--dry-run", is_flag=True, help="Say what would be restored; change nothing.")
+@click.option("--no-server-check", "server_check", is_flag=True, flag_value=False, default=True,
+              help="Skip reading the restore back through a started tracking server.")  # fmt: skip
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@policy_option
+@json_option
+@_handle
+def restore_cmd(source: str | None, backup_id: str | None, backend_store_uri: str | None, artifacts_uri: str | None,
+                auth_db_uri: str | None, dry_run: bool, server_check: bool, report_dir: Path | None,
+                policy_path: Path | None, as_json: bool) -> int:  # fmt: skip
+    """Restore a backup into an EMPTY database and artifact store, then verify it.
+
+    Verified against the manifest (schema revision, row counts, artifact keys, sizes, checksums)
+    and by reading runs, metric histories, models, versions and aliases back through a started
+    server. Refuses (exit 2) a target that is not empty.
+    """
+    from .restore import restore_command
+
+    return restore_command(source=source, backend_store_uri=backend_store_uri, artifacts_uri=artifacts_uri,
+                           auth_db_uri=auth_db_uri, backup_id=backup_id, dry_run=dry_run, server_check=server_check,
+                           policy_path=policy_path, report_dir=report_dir, as_json=as_json)  # fmt: skip
+
+
+# ============================================================================================ END server ops
 
 
 def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
