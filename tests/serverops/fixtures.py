@@ -1,4 +1,7 @@
-"""Fixtures for server-ops tests: extra per-test databases, S3 and Azure on loopback (imported by the test modules)."""
+"""Fixtures for server-ops tests: extra per-test databases, S3 and Azure on loopback.
+
+Test modules take them with `from fixtures import *` (a sub-folder conftest.py would shadow the
+root one, whose `require` these fixtures use)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from conftest import port_open, require
 from services import AzureService, S3Service, azurite, seaweedfs
+
+__all__ = ["azure_service", "mysql_factory", "pg_factory", "s3_service"]
 
 
 @pytest.fixture

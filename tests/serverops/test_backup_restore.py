@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from fixtures import mysql_factory, pg_factory  # noqa: F401
+from fixtures import *  # noqa: F403
 from helpers import populate
 from mlflow_ci.backup import BackupRepo, object_key, take_backup
 from mlflow_ci.tracking import TrackingServer, client_settings

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from fixtures import azure_service, s3_service  # noqa: F401
+from fixtures import *  # noqa: F403
 from helpers import populate
-from services import AzureService, S3Service
-
 from mlflow_ci.artifact_stores import store_for
 from mlflow_ci.backup import BackupRepo
 from mlflow_ci.tracking import TrackingServer
+from services import AzureService, S3Service
 
 pytestmark = pytest.mark.service
 
