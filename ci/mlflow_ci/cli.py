@@ -484,6 +484,31 @@ def restore_cmd(source: str | None, backup_id: str | None, backend_store_uri: st
                            policy_path=policy_path, report_dir=report_dir, as_json=as_json)  # fmt: skip
 
 
+@cli.command("retention", epilog=EPILOG)
+@tracking_option
+@backend_option
+@artifacts_option
+@click.option("--dry-run/--apply", default=True, show_default=True,
+              help="List what would go (default) or soft-delete, then gc runs whose grace expired.")  # fmt: skip
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@policy_option
+@json_option
+@_handle
+def retention_cmd(tracking_uri: str | None, backend_store_uri: str | None, artifacts_uri: str | None,
+                  dry_run: bool, report_dir: Path | None, policy_path: Path | None, as_json: bool) -> int:  # fmt: skip
+    """Apply retention.rules: delete old runs, never one behind a version, an alias or a pinned tag.
+
+    A real run (--apply) soft-deletes and tags the deletion time on the run, and purges with
+    `mlflow gc` only runs whose grace period (retention.grace_days) has expired. Also reports
+    orphaned artifacts and registered versions whose artifacts are missing.
+    """
+    from .retention import retention_command
+
+    return retention_command(tracking_uri=tracking_uri, backend_store_uri=backend_store_uri,
+                             artifacts_uri=artifacts_uri, dry_run=dry_run, policy_path=policy_path,
+                             report_dir=report_dir, as_json=as_json)  # fmt: skip
+
+
 # ============================================================================================ END server ops
 
 
