@@ -157,7 +157,8 @@ def test_grace_period_waits_and_gc_refuses_collateral(tmp_path: Path) -> None:
         waiting = run_cli("retention", "--apply", "--policy", str(_policy(tmp_path, 7)), *common)
         assert waiting.returncode == 0, waiting.stderr
         data = json.loads(waiting.stdout)["data"]
-        assert len(data["soft_deleted"]) == 3 and data["purged"] == []
+        assert len(data["soft_deleted"]) == 3
+        assert data["purged"] == []
         assert {w["run_id"] for w in data["awaiting_grace"]} == set(data["soft_deleted"])
         assert len(list(art.rglob("a*.txt"))) == 7  # nothing purged yet: restorable
 
