@@ -509,6 +509,19 @@ def retention_cmd(tracking_uri: str | None, backend_store_uri: str | None, artif
                              report_dir=report_dir, as_json=as_json)  # fmt: skip
 
 
+@server.command("config", epilog=EPILOG)
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("deploy"),
+              show_default=True, help="Folder for nginx.conf, mlflow.service, compose.yaml, mlflow.env.example.")  # fmt: skip
+@policy_option
+@json_option
+@_handle
+def server_config_cmd(out: Path, policy_path: Path | None, as_json: bool) -> int:
+    """Generate deployment files from the server: profile (nginx, systemd, docker compose)."""
+    from .server_config import config_command
+
+    return config_command(out=out, policy_path=policy_path, as_json=as_json)
+
+
 # ============================================================================================ END server ops
 
 

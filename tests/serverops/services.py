@@ -172,3 +172,42 @@ def azurite(workdir: Path) -> Iterator[AzureService | None]:
         yield service
     finally:
         proc.kill_group(child)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class NginxService:
+    url: str
+    prefix: Path
+
+
+@contextlib.contextmanager
+def nginx(prefix: Path, conf_text: str, port: int, *, tls: bool) -> Iterator[NginxService | None]:
+    """A real nginx running ``conf_text`` (a standalone nginx.conf) with its files under ``prefix``."""
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if binary is None:
+        yield None
+        return
+    prefix.mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(conf_text)
+    proc.run([binary, "-t", "-p", str(prefix), "-c", str(conf)])  # a broken config fails loudly here
+    child, log = _start([binary, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"], prefix)
+    import socket
+
+    def ready() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+
+    try:
+        _wait(ready, "nginx", child, log, timeout=20)
+        yield NginxService(f"{'https' if tls else 'http'}://127.0.0.1:{port}", prefix)
+    finally:
+        proc.kill_group(child)  # type: ignore[arg-type]
+
+
+def self_signed(folder: Path, host: str) -> tuple[str, str]:
+    """A throwaway certificate for ``host`` (openssl)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    proc.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={host}",
+              "-addext", f"subjectAltName=DNS:{host},IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)])  # fmt: skip
+    return str(cert), str(key)
