@@ -167,7 +167,7 @@ def policy_schema(out: Path | None) -> int:
 
 @cli.group(epilog=EPILOG)
 def server() -> None:
-    """Start and stop a local tracking server (SQLite + local artifacts)."""
+    """Start and stop a local tracking server; generate deployment files, check, upgrade a server."""
 
 
 @server.command("up", epilog=EPILOG)
@@ -520,6 +520,51 @@ def server_config_cmd(out: Path, policy_path: Path | None, as_json: bool) -> int
     from .server_config import config_command
 
     return config_command(out=out, policy_path=policy_path, as_json=as_json)
+
+
+@server.command("doctor", epilog=EPILOG)
+@click.option("--url", "tracking_uri", default=None,
+              help="A running server to probe directly (e.g. http://127.0.0.1:5000); omit to check the plan only.")  # fmt: skip
+@backend_option
+@artifacts_option
+@click.option("--model-size-mb", type=float, default=None, help="Largest model you expect to upload (MiB).")
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@policy_option
+@json_option
+@_handle
+def server_doctor_cmd(tracking_uri: str | None, backend_store_uri: str | None, artifacts_uri: str | None,
+                      model_size_mb: float | None, report_dir: Path | None, policy_path: Path | None,
+                      as_json: bool) -> int:  # fmt: skip
+    """Check a planned or running server for known failure signatures; each finding says what to change.
+
+    Schema out of date, Host header rejected behind a proxy, artifact store unreachable or bypassed,
+    body-size limit below the models, auth misconfigured, SQLite with several workers, backup tools.
+    """
+    from .server_doctor import doctor_command
+
+    return doctor_command(tracking_uri=tracking_uri, backend_store_uri=backend_store_uri, artifacts_uri=artifacts_uri,
+                          model_size_mb=model_size_mb, policy_path=policy_path, report_dir=report_dir,
+                          as_json=as_json)  # fmt: skip
+
+
+@server.command("upgrade", epilog=EPILOG)
+@backend_option
+@artifacts_option
+@click.option("--to", "destination", default=None, help="Backup repository for the mandatory backup first.")
+@click.option("--dry-run", is_flag=True, help="Say what would happen.")
+@policy_option
+@json_option
+@_handle
+def server_upgrade_cmd(backend_store_uri: str | None, artifacts_uri: str | None, destination: str | None,
+                       dry_run: bool, policy_path: Path | None, as_json: bool) -> int:  # fmt: skip
+    """Back up, then run `mlflow db upgrade`, then check the schema reached this MLflow's head.
+
+    The only place mlflow-ci changes the schema: never implicitly, never without a backup.
+    """
+    from .server_doctor import upgrade_command
+
+    return upgrade_command(backend_store_uri=backend_store_uri, artifacts_uri=artifacts_uri, destination=destination,
+                           dry_run=dry_run, policy_path=policy_path, as_json=as_json)  # fmt: skip
 
 
 # ============================================================================================ END server ops
