@@ -18,11 +18,16 @@ HERE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str]) -> int:
-    names = sorted(m.name[len("bench_") :] for m in pkgutil.iter_modules([str(HERE)]) if m.name.startswith("bench_"))
+    names = sorted(
+        m.name[len("bench_") :] for m in pkgutil.iter_modules([str(HERE)]) if m.name.startswith("bench_")
+    )
     chosen = argv or names
     unknown = set(chosen) - set(names)
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(sorted(unknown))}; available: {', '.join(names)}", file=sys.stderr)
+        print(
+            f"unknown benchmark(s): {', '.join(sorted(unknown))}; available: {', '.join(names)}",
+            file=sys.stderr,
+        )
         return 2
     results = {}
     for name in chosen:

@@ -29,7 +29,9 @@ def _timed(argv: list[str], env: dict[str, str]) -> float:
     done = subprocess.run(argv, env=env, cwd=EXAMPLE, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"benchmark command failed ({done.returncode}): {' '.join(argv)}\n{done.stderr[-3000:]}")
+        raise SystemExit(
+            f"benchmark command failed ({done.returncode}): {' '.join(argv)}\n{done.stderr[-3000:]}"
+        )
     return elapsed
 
 
@@ -51,11 +53,19 @@ def main() -> dict[str, object]:
             for i in range(REPEATS):
                 bare_times.append(_timed(bare, env))
                 smoke_times.append(_timed(smoke, env))
-                print(f"[{manager}] round {i + 1}: bare {bare_times[-1]:.1f}s, smoke {smoke_times[-1]:.1f}s", flush=True)
+                print(
+                    f"[{manager}] round {i + 1}: bare {bare_times[-1]:.1f}s, smoke {smoke_times[-1]:.1f}s",
+                    flush=True,
+                )
             ratio = statistics.median(smoke_times) / statistics.median(bare_times)
             verdict = "meets" if ratio <= TARGET else "misses"
             print(f"[{manager}] median bare mlflow run {statistics.median(bare_times):.1f}s, "
                   f"mlflow-ci smoke {statistics.median(smoke_times):.1f}s, ratio {ratio:.2f} "
                   f"({verdict} the {TARGET} target)", flush=True)  # fmt: skip
-            results[manager] = {"bare_s": bare_times, "smoke_s": smoke_times, "ratio": ratio, "target": TARGET}
+            results[manager] = {
+                "bare_s": bare_times,
+                "smoke_s": smoke_times,
+                "ratio": ratio,
+                "target": TARGET,
+            }
     return results

@@ -462,6 +462,8 @@ def backup_cmd(backend_store_uri: str | None, artifacts_uri: str | None, auth_db
 @artifacts_option
 @auth_db_option
 @click.option("--dry-run", is_flag=True, help="Say what would be restored; change nothing.")
+@click.option("--drill", is_flag=True, help="Restore drill: into throwaway stores (a temporary SQLite and folder, "
+              "or the empty --backend-store-uri given), verified, then removed. Never the profile's stores.")  # fmt: skip
 @click.option("--no-server-check", "server_check", is_flag=True, flag_value=False, default=True,
               help="Skip reading the restore back through a started tracking server.")  # fmt: skip
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
@@ -469,7 +471,7 @@ def backup_cmd(backend_store_uri: str | None, artifacts_uri: str | None, auth_db
 @json_option
 @_handle
 def restore_cmd(source: str | None, backup_id: str | None, backend_store_uri: str | None, artifacts_uri: str | None,
-                auth_db_uri: str | None, dry_run: bool, server_check: bool, report_dir: Path | None,
+                auth_db_uri: str | None, dry_run: bool, drill: bool, server_check: bool, report_dir: Path | None,
                 policy_path: Path | None, as_json: bool) -> int:  # fmt: skip
     """Restore a backup into an EMPTY database and artifact store, then verify it.
 
@@ -481,7 +483,7 @@ def restore_cmd(source: str | None, backup_id: str | None, backend_store_uri: st
 
     return restore_command(source=source, backend_store_uri=backend_store_uri, artifacts_uri=artifacts_uri,
                            auth_db_uri=auth_db_uri, backup_id=backup_id, dry_run=dry_run, server_check=server_check,
-                           policy_path=policy_path, report_dir=report_dir, as_json=as_json)  # fmt: skip
+                           policy_path=policy_path, report_dir=report_dir, as_json=as_json, drill=drill)  # fmt: skip
 
 
 @cli.command("retention", epilog=EPILOG)

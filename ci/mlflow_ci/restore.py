@@ -381,17 +381,40 @@ def _check_artifacts_via_server(client: Any, sample: Mapping[str, Any], manifest
 
 def restore_command(*, source: str | None, backend_store_uri: str | None, artifacts_uri: str | None,
                     auth_db_uri: str | None, backup_id: str | None, dry_run: bool, server_check: bool,
-                    policy_path: Path | None, report_dir: Path | None, as_json: bool) -> int:  # fmt: skip
+                    policy_path: Path | None, report_dir: Path | None, as_json: bool, drill: bool = False) -> int:  # fmt: skip
     from .cli import emit_json
     from .server_profile import resolve_ops
 
-    ops = resolve_ops(policy_path, backend_store_uri=backend_store_uri, artifacts_uri=artifacts_uri,
-                      destination=source, auth_db_uri=auth_db_uri)  # fmt: skip
+    ops = resolve_ops(policy_path, destination=source)
     if not ops.destination:
         raise ConfigError("No backup to restore from.", hint="Pass --from DEST or set backup.destination.")
-    report = restore_backup(source=ops.destination, backend_store_uri=ops.backend_store_uri,
-                            artifacts_uri=ops.artifacts_uri, auth_db_uri=ops.server.auth_db_uri,
-                            backup_id=backup_id, dry_run=dry_run, server_check=server_check)  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        if drill:
+            # A drill never falls back to the profile's (production) stores: throwaway targets only.
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlflow-ci-drill-")))
+            kind = BackupRepo.open(ops.destination).manifest(backup_id)["backend"]["kind"]
+            if backend_store_uri is None:
+                if kind != "sqlite":
+                    raise ConfigError(
+                        f"A restore drill of a {kind} backup needs --backend-store-uri naming an EMPTY {kind} "
+                        "database (e.g. a service container of the CI job).",
+                    )
+                backend_store_uri = f"sqlite:///{scratch / 'mlflow.db'}"
+            target_backend, target_artifacts = backend_store_uri, artifacts_uri or str(scratch / "artifacts")
+            target_auth = auth_db_uri or (
+                f"sqlite:///{scratch / 'auth.db'}" if ops.server.auth_db_uri else None
+            )
+        else:
+            resolved = resolve_ops(policy_path, backend_store_uri=backend_store_uri, artifacts_uri=artifacts_uri,
+                                   destination=source, auth_db_uri=auth_db_uri)  # fmt: skip
+            target_backend, target_artifacts = resolved.backend_store_uri, resolved.artifacts_uri
+            target_auth = resolved.server.auth_db_uri
+        report = restore_backup(source=ops.destination, backend_store_uri=target_backend,
+                                artifacts_uri=target_artifacts, auth_db_uri=target_auth, backup_id=backup_id,
+                                dry_run=dry_run, server_check=server_check)  # fmt: skip
+        if drill:
+            report.title = f"restore drill of backup {report.data['plan']['backup']}"
+            report.kind = "restore-drill"
     if report_dir:
         report.write(report_dir)
     output.write_step_summary(report.to_markdown())

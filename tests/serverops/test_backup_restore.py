@@ -294,3 +294,25 @@ def test_killed_backup_leaves_the_last_good_one_usable(tmp_path: Path) -> None:
     again = take_backup(backend_store_uri=_sqlite(db), artifacts_uri=str(art), destination=str(repo_dir))
     assert not list(partial.glob(".partial-*"))
     assert again["artifacts"]["count"] == 402
+
+
+def test_restore_drill_uses_throwaway_stores_never_the_profiles(
+    tracking_server: TrackingServer, tmp_path: Path
+) -> None:
+    db, art = _shared(tracking_server)
+    populate(tracking_server.url, runs=2, model=f"drill_{time.time_ns()}")
+    policy = tmp_path / "mlflow-ci.yaml"
+    policy.write_text(
+        f"project: p\nserver:\n  backend_store_uri: {db}\n  artifacts_destination: {art}\n"
+        f"backup:\n  destination: {tmp_path / 'bk'}\n"
+    )
+    assert run_cli("backup", "--policy", str(policy)).returncode == 0
+    done = run_cli(
+        "restore", "--drill", "--policy", str(policy), "--json", "--report-dir", str(tmp_path / "rep")
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["kind"] == "restore-drill"
+    assert report["verdict"] == "pass"
+    assert db not in report["data"]["plan"]["backend"]["into"]
+    assert (tmp_path / "rep" / "restore-drill.md").exists()
