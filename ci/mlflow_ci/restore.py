@@ -392,7 +392,9 @@ def restore_command(*, source: str | None, backend_store_uri: str | None, artifa
         if drill:
             # A drill never falls back to the profile's (production) stores: throwaway targets only.
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlflow-ci-drill-")))
-            kind = BackupRepo.open(ops.destination).manifest(backup_id)["backend"]["kind"]
+            manifest = BackupRepo.open(ops.destination).manifest(backup_id)
+            kind = manifest["backend"]["kind"]
+            backend_store_uri = backend_store_uri or None  # an empty flag (workflow input) means "pick one"
             if backend_store_uri is None:
                 if kind != "sqlite":
                     raise ConfigError(
