@@ -202,6 +202,27 @@ def _timed(argv: list[str], env: dict[str, str]) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+def ours_round_trip(
+    work: Path, uri: str, tag: str, *, artifacts: Path | None = None
+) -> tuple[float, float, dict]:
+    """Seconds for a backup and for a verified restore (into empty stores) of the server at ``uri``."""
+    artifacts = artifacts or work / "src-art"
+    t0 = time.perf_counter()
+    manifest = take_backup(
+        backend_store_uri=uri, artifacts_uri=str(artifacts), destination=str(work / f"repo-{tag}")
+    )
+    t_backup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dst = "dst.db" if tag == "full" else f"dst-{tag}.db"
+    report = restore_backup(source=str(work / f"repo-{tag}"), backend_store_uri=f"sqlite:///{work / dst}",
+                            artifacts_uri=str(work / ("dst-art" if tag == "full" else f"dst-art-{tag}")),
+                            workdir=work / f"verify-{tag}")  # fmt: skip
+    t_restore = time.perf_counter() - t0
+    if report.verdict != "pass":
+        raise SystemExit(f"restore did not verify:\n{report.to_markdown()}")
+    return t_backup, t_restore, manifest
+
+
 def main() -> dict[str, object]:
     results: dict[str, object] = {"runs": N_RUNS + SAMPLE, "sample": SAMPLE}
     with tempfile.TemporaryDirectory(prefix="bench-backup-") as tmp:
@@ -213,25 +234,23 @@ def main() -> dict[str, object]:
         )
 
         # Ours: backup, then restore into empty stores, verified (manifest + read-back through a server).
-        t0 = time.perf_counter()
-        manifest = take_backup(backend_store_uri=gen["uri"], artifacts_uri=str(work / "src-art"),
-                               destination=str(work / "repo"))  # fmt: skip
-        t_backup = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        report = restore_backup(source=str(work / "repo"), backend_store_uri=f"sqlite:///{work / 'dst.db'}",
-                                artifacts_uri=str(work / "dst-art"), workdir=work / "verify")  # fmt: skip
-        t_restore = time.perf_counter() - t0
-        if report.verdict != "pass":
-            raise SystemExit(f"restore did not verify:\n{report.to_markdown()}")
+        t_backup, t_restore, manifest = ours_round_trip(work, gen["uri"], "full")
         t0 = time.perf_counter()
         take_backup(
-            backend_store_uri=gen["uri"], artifacts_uri=str(work / "src-art"), destination=str(work / "repo")
+            backend_store_uri=gen["uri"],
+            artifacts_uri=str(work / "src-art"),
+            destination=str(work / "repo-full"),
         )
         t_incremental = time.perf_counter() - t0
         ours_per_run = (t_backup + t_restore) / gen["runs"]
+        # A server a tenth the size: the difference is the cost per run, without the fixed costs
+        # (a server start for the read-back, process and import overheads).
+        small = generate(work / "small.db", work / "small-art", runs=max(N_RUNS // 10, 1), sample=SAMPLE)
+        s_backup, s_restore, _ = ours_round_trip(work, small["uri"], "small", artifacts=work / "small-art")
+        marginal = ((t_backup + t_restore) - (s_backup + s_restore)) / (gen["runs"] - small["runs"])
         results.update(backup_s=round(t_backup, 2), restore_verified_s=round(t_restore, 2),
                        incremental_backup_s=round(t_incremental, 2), ours_per_run_ms=round(ours_per_run * 1000, 4),
-                       artifacts=manifest["artifacts"]["count"])  # fmt: skip
+                       ours_marginal_per_run_ms=round(marginal * 1000, 4), artifacts=manifest["artifacts"]["count"])  # fmt: skip
 
         bin_dir = migration_bin()
         with TrackingServer(work / "src-server", backend_store_uri=gen["uri"],
@@ -257,21 +276,27 @@ def main() -> dict[str, object]:
             theirs = fidelity(source_view, view(target.url, "bench_sample"))
         base_per_run = (t_export + t_import) / SAMPLE
         ratio = base_per_run / ours_per_run
+        ratio_marginal = base_per_run / marginal if marginal > 0 else float("inf")
         results.update(export_s=round(t_export, 2), import_s=round(t_import, 2),
                        baseline_per_run_ms=round(base_per_run * 1000, 2), ratio=round(ratio, 1),
-                       fidelity_ours=ours, fidelity_mlflow_migration=theirs)  # fmt: skip
+                       ratio_marginal=round(ratio_marginal, 1), fidelity_ours=ours,
+                       fidelity_mlflow_migration=theirs)  # fmt: skip
 
     print()
     print(f"{'':34} {'mlflow-ci backup+restore':>26} {'mlflow-migration':>18}")
     print(f"{'runs':34} {N_RUNS + SAMPLE:>26} {SAMPLE:>18}")
     print(f"{'seconds (backup / export)':34} {t_backup:>26.2f} {t_export:>18.2f}")
     print(f"{'seconds (restore+verify / import)':34} {t_restore:>26.2f} {t_import:>18.2f}")
-    print(f"{'ms per run':34} {ours_per_run * 1000:>26.4f} {base_per_run * 1000:>18.2f}")
+    print(f"{'ms per run (all costs)':34} {ours_per_run * 1000:>26.4f} {base_per_run * 1000:>18.2f}")
+    print(f"{'ms per run (marginal)':34} {marginal * 1000:>26.4f} {'':>18}")
     for key in ours:
         print(f"{key + ' (sample)':34} {ours[key]:>26} {theirs[key]:>18}")
-    print(f"\nratio (per run, mlflow-migration / mlflow-ci): {ratio:,.0f}x (goal >= {GOAL:,.0f}x)"
+    print(f"\nratio per run, mlflow-migration / mlflow-ci: {ratio:,.0f}x with every fixed cost counted, "
+          f"{ratio_marginal:,.0f}x marginal (goal >= {GOAL:,.0f}x)"
           f"; incremental re-backup of all {N_RUNS + SAMPLE} runs: {t_incremental:.2f}s")  # fmt: skip
-    results["goal_met"] = ratio >= GOAL and all(v.split("/")[0] == v.split("/")[1] for v in ours.values())
+    lossless = all(v.split("/")[0] == v.split("/")[1] for v in ours.values())
+    results["goal_met_all_costs"] = ratio >= GOAL and lossless
+    results["goal_met_marginal"] = ratio_marginal >= GOAL and lossless
     return results
 
 

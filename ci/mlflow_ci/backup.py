@@ -136,6 +136,22 @@ class BackupRepo:
     def object_shas(self) -> set[str]:
         return {info.key.rsplit("/", 1)[-1] for info in self.store.list("objects/")}
 
+    def trusted_shas(self) -> set[str]:
+        """Objects a new backup may reuse without copying.
+
+        On a local folder objects are written without an fsync each and synced once before the
+        manifest is published, so only objects that a complete manifest names are known durable;
+        anything else (left by a killed backup) is copied again.  Object-store writes are atomic
+        and durable, so there every object present counts.
+        """
+        present = self.object_shas()
+        if self.local_root is None:
+            return present
+        named: set[str] = set()
+        for backup_id in self.backup_ids():
+            named.update(o["sha256"] for o in self.manifest(backup_id)["artifacts"]["objects"])
+        return present & named
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """One backup or prune at a time on a local repository (object stores: schedule them apart)."""
@@ -188,12 +204,13 @@ class _Copied:
 def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[str, Any] | None,
                     stats: _Copied) -> list[dict[str, Any]]:  # fmt: skip
     prev = {o["key"]: o for o in (previous or {}).get("artifacts", {}).get("objects", [])}
-    known = repo.object_shas()
+    known = repo.trusted_shas()
     objects: list[dict[str, Any]] = []
     source_root = source.root if isinstance(source, LocalStore) else None
+    repo_root = repo.local_root
     with tempfile.TemporaryDirectory(prefix="mlflow-ci-backup-") as tmp:
         scratch = Path(tmp) / "obj"
-        for info in source.list():
+        for n, info in enumerate(source.list()):
             before = prev.get(info.key)
             if before and before["size"] == info.size and before.get("token") == info.token and info.token:
                 sha = before["sha256"]
@@ -205,22 +222,38 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
             try:
                 if source_root is not None:
                     path = source_root / info.key
-                    sha = sha256_file(path)
                 else:
                     source.get(info.key, scratch)
                     path = scratch
+                if repo_root is not None and isinstance(repo.store, LocalStore):
+                    # One read: hash while copying into the repository, then name the copy by its hash.
+                    hasher = hashlib.sha256()
+                    incoming = f"objects/.in-{n}.tmp"
+                    repo.store.copy_in(path, incoming, hasher)
+                    sha = hasher.hexdigest()
+                    if sha in known:
+                        os.unlink(repo_root / incoming)
+                        stats.skipped_present += 1
+                    else:
+                        final = repo_root / object_key(sha)
+                        final.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(repo_root / incoming, final)
+                        known.add(sha)
+                        stats.copied += 1
+                        stats.bytes_copied += info.size
+                else:
                     sha = sha256_file(path)
+                    if sha in known:
+                        stats.skipped_present += 1
+                    else:
+                        repo.store.put(path, object_key(sha))
+                        known.add(sha)
+                        stats.copied += 1
+                        stats.bytes_copied += info.size
             except (FileNotFoundError, InfraError):
                 # Deleted between listing and copying (e.g. by `mlflow gc`): not part of this backup.
                 stats.vanished += 1
                 continue
-            if sha in known:
-                stats.skipped_present += 1
-            else:
-                repo.store.put(path, object_key(sha))
-                known.add(sha)
-                stats.copied += 1
-                stats.bytes_copied += info.size
             objects.append({"key": info.key, "size": info.size, "sha256": sha, "token": info.token})
     return objects
 
@@ -268,6 +301,7 @@ def take_backup(
     repo = BackupRepo.open(destination, env)
     if isinstance(repo.store, LocalStore):
         repo.store.root.mkdir(parents=True, exist_ok=True)
+        repo.store.durable = False  # one sync before the manifest is published, not one fsync per object
     else:
         repo.store.probe()
     backup_id = new_backup_id()
@@ -323,6 +357,7 @@ def take_backup(
                     "stats": {**stats.__dict__, "seconds": {k: round(v, 3) for k, v in timings.items()}},
                 }
                 (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+                repo.store.flush()
                 _publish(repo, staging, backup_id)
                 published = True
             finally:
@@ -353,6 +388,8 @@ def _remove_partials(repo: BackupRepo) -> None:
     for leftover in (root / "backups").glob(".partial-*"):
         output.warning(f"removing {leftover.name}, left by a backup that did not finish")
         shutil.rmtree(leftover, ignore_errors=True)
+    for stray in (root / "objects").glob(".*.tmp") if (root / "objects").is_dir() else ():
+        stray.unlink(missing_ok=True)
 
 
 def prune(repo: BackupRepo, *, keep: int) -> dict[str, Any]:
