@@ -44,7 +44,7 @@ def write(tmp_path: Path, text: str, name: str = "bad.yml") -> Path:
 
 
 def test_the_three_workflows_exist() -> None:
-    assert {p.name for p in FILES} == {"pr-checks.yml", "self-test.yml", "ci.yml"}
+    assert {p.name for p in FILES} == {"pr-checks.yml", "self-test.yml", "ci.yml", "server-ops.yml"}
 
 
 # --- the linters -------------------------------------------------------------------------------
