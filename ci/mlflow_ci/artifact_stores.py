@@ -65,6 +65,16 @@ class ArtifactStore(Protocol):
         ...
 
 
+def _copy_hashing(src: str, dst: str, hasher: Any) -> None:
+    with open(src, "rb") as inp, open(dst, "wb") as out:
+        while True:
+            block = inp.read(1 << 20)
+            if not block:
+                break
+            hasher.update(block)
+            out.write(block)
+
+
 def _join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
 
@@ -97,27 +107,36 @@ class LocalStore:
             raise InfraError(f"Artifact root {root} is not readable by this user.")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        base = self.root
-        start = base / prefix if prefix else base
-        if not start.exists():
+        # Plain strings and scandir: listing 10,000s of artifacts must not be dominated by pathlib.
+        base = str(self.root)
+        start = os.path.join(base, prefix) if prefix else base
+        if not os.path.exists(start):
             return
-        if start.is_file():
-            st = start.stat()
+        if os.path.isfile(start):
+            st = os.stat(start)
             yield ObjectInfo(prefix.strip("/"), st.st_size, f"{st.st_size}:{st.st_mtime_ns}")
             return
-        for dirpath, dirnames, filenames in os.walk(start):
-            dirnames.sort()
-            # In-flight temporary files of our own writers are not objects.
-            for name in sorted(filenames):
-                if name.startswith(".") and name.endswith(".tmp"):
-                    continue
-                full = Path(dirpath) / name
+        cut = len(base) + 1
+        stack = [start.rstrip("/")]
+        while stack:
+            folder = stack.pop()
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
+            except FileNotFoundError:
+                continue
+            files = []
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif not (entry.name.startswith(".") and entry.name.endswith(".tmp")):  # our in-flight writes
+                    files.append(entry)
+            for entry in reversed(files):
                 try:
-                    st = full.stat()
+                    st = entry.stat()
                 except FileNotFoundError:
                     continue
                 yield ObjectInfo(
-                    full.relative_to(base).as_posix(), st.st_size, f"{st.st_size}:{st.st_mtime_ns}"
+                    entry.path[cut:].replace(os.sep, "/"), st.st_size, f"{st.st_size}:{st.st_mtime_ns}"
                 )
 
     def get(self, key: str, dest: Path) -> None:
@@ -171,6 +190,16 @@ class LocalStore:
     def flush(self) -> None:
         if not self.durable:
             os.sync()
+
+    def write_new(self, src: str, key: str, hasher: Any, made: set[str]) -> None:
+        """Copy ``src`` to ``key`` in one read, hashing it; for filling an EMPTY store (no temp file:
+        a failed restore is dropped as a whole). ``made`` caches folders already created."""
+        target = os.path.join(str(self.root), key)
+        folder = os.path.dirname(target)
+        if folder not in made:
+            os.makedirs(folder, exist_ok=True)
+            made.add(folder)
+        _copy_hashing(src, target, hasher)
 
     def copy_in(self, src: Path, key: str, hasher: Any) -> None:
         """Write ``src`` as ``key`` reading it once, feeding every block to ``hasher`` as well."""

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, output
-from .artifact_stores import ArtifactStore, LocalStore, store_for, store_scheme
+from .artifact_stores import ArtifactStore, LocalStore, _copy_hashing, store_for, store_scheme
 from .backends import Backend, backend_for, redact
 from .errors import ConfigError, InfraError
 
@@ -208,6 +208,10 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
     objects: list[dict[str, Any]] = []
     source_root = source.root if isinstance(source, LocalStore) else None
     repo_root = repo.local_root
+    objects_dir = str(repo_root / "objects") if repo_root is not None else ""
+    if repo_root is not None:
+        os.makedirs(objects_dir, exist_ok=True)
+    made: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="mlflow-ci-backup-") as tmp:
         scratch = Path(tmp) / "obj"
         for n, info in enumerate(source.list()):
@@ -225,19 +229,21 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
                 else:
                     source.get(info.key, scratch)
                     path = scratch
-                if repo_root is not None and isinstance(repo.store, LocalStore):
+                if repo_root is not None:
                     # One read: hash while copying into the repository, then name the copy by its hash.
                     hasher = hashlib.sha256()
-                    incoming = f"objects/.in-{n}.tmp"
-                    repo.store.copy_in(path, incoming, hasher)
+                    incoming = os.path.join(objects_dir, f".in-{n}.tmp")
+                    _copy_hashing(str(path), incoming, hasher)
                     sha = hasher.hexdigest()
                     if sha in known:
-                        os.unlink(repo_root / incoming)
+                        os.unlink(incoming)
                         stats.skipped_present += 1
                     else:
-                        final = repo_root / object_key(sha)
-                        final.parent.mkdir(parents=True, exist_ok=True)
-                        os.replace(repo_root / incoming, final)
+                        folder = os.path.join(objects_dir, sha[:2])
+                        if folder not in made:
+                            os.makedirs(folder, exist_ok=True)
+                            made.add(folder)
+                        os.replace(incoming, os.path.join(folder, sha))
                         known.add(sha)
                         stats.copied += 1
                         stats.bytes_copied += info.size
