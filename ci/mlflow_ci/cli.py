@@ -183,6 +183,14 @@ def server() -> None:
 @click.option(
     "--artifacts-destination", default=None, help="Artifact root (default: a folder in the workdir)."
 )
+@click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Start the server: profile of this policy (backend, artifacts, port, workers, allowed hosts, auth app); "
+    "the flags above override it.",
+)
 @json_option
 @_handle
 def server_up(
@@ -190,14 +198,26 @@ def server_up(
     port: int | None,
     backend_store_uri: str | None,
     artifacts_destination: str | None,
+    policy_path: Path | None,
     as_json: bool,
 ) -> int:
     """Start a tracking server in the background and print its URL."""
     from . import tracking
 
-    state = tracking.up(
-        workdir, port=port, backend_store_uri=backend_store_uri, artifacts_destination=artifacts_destination
-    )
+    if policy_path is not None:  # server ops (issue 5): a profile's server
+        from .server_profile import load_ops, up_kwargs
+
+        kwargs = up_kwargs(load_ops(policy_path).server)
+        kwargs.update({k: v for k, v in {"port": port, "backend_store_uri": backend_store_uri,
+                                         "artifacts_destination": artifacts_destination}.items() if v})  # fmt: skip
+        state = tracking.up(workdir, **kwargs)
+    else:
+        state = tracking.up(
+            workdir,
+            port=port,
+            backend_store_uri=backend_store_uri,
+            artifacts_destination=artifacts_destination,
+        )
     output.set_output("tracking_uri", str(state["url"]))
     if as_json:
         emit_json(state)

@@ -120,6 +120,30 @@ def server_args(server: Server) -> list[str]:
     return args
 
 
+def up_kwargs(server: Server) -> dict[str, Any]:
+    """Keyword arguments for :func:`mlflow_ci.tracking.up` that start the profile's server.
+
+    The backend, artifact root, host, port and workers map onto TrackingServer's own flags; the
+    rest (allowed hosts, the auth app, artifact proxying off) are extra arguments.  The health
+    timeout is the profile's.
+    """
+    extra = ["--allowed-hosts", ",".join(allowed_hosts(server))]
+    if server.app_name:
+        extra += ["--app-name", server.app_name]
+    if not server.serve_artifacts:
+        extra.append("--no-serve-artifacts")
+    return {
+        "backend_store_uri": server.backend_store_uri,
+        "artifacts_destination": server.artifacts_destination,
+        "host": server.host,
+        "port": server.port,
+        "workers": server.workers,
+        "extra_args": extra,
+        "env": server_env(server),
+        "startup_timeout": server.health_timeout_s,
+    }
+
+
 def server_env(server: Server, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment the server process needs for the profile (no secrets are invented here)."""
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}

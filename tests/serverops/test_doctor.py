@@ -105,3 +105,24 @@ def test_out_of_date_schema_is_found_then_upgraded_after_a_backup(tmp_path: Path
     assert manifest["backend"]["schema_revision"] == result["before"]
     after = run_cli("server", "doctor", "--policy", str(policy), "--json")
     assert after.returncode == 0, after.stdout
+
+
+def test_server_up_from_a_profile_accepts_the_public_host(tmp_path: Path) -> None:
+    import urllib.request
+
+    port = free_port()
+    policy = tmp_path / "mlflow-ci.yaml"
+    policy.write_text(yaml.safe_dump({"project": "p", "server": {
+        "backend_store_uri": f"sqlite:///{tmp_path / 'm.db'}", "artifacts_destination": str(tmp_path / "art"),
+        "public_url": "https://mlflow.example.org", "port": port, "health_timeout_s": 90}}))  # fmt: skip
+    up = run_cli("server", "up", "--policy", str(policy), "--workdir", str(tmp_path / "w"), "--json")
+    assert up.returncode == 0, up.stderr
+    try:
+        url = json.loads(up.stdout)["url"]
+        assert url.endswith(f":{port}")
+        req = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search?max_results=1",
+                                     headers={"Host": "mlflow.example.org"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200
+    finally:
+        assert run_cli("server", "down", "--workdir", str(tmp_path / "w")).returncode == 0
