@@ -316,3 +316,44 @@ def test_restore_drill_uses_throwaway_stores_never_the_profiles(
     assert report["verdict"] == "pass"
     assert db not in report["data"]["plan"]["backend"]["into"]
     assert (tmp_path / "rep" / "restore-drill.md").exists()
+
+
+def test_auth_database_is_backed_up_and_restored(tmp_path: Path) -> None:
+    """MLflow's basic-auth users live in their own database: a restore brings them back."""
+    import requests
+
+    pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs Flask-WTF")
+
+    def ini(auth_db: str) -> Path:
+        path = tmp_path / f"auth-{time.time_ns()}.ini"
+        path.write_text(
+            "[mlflow]\ndefault_permission = READ\n"
+            f"database_uri = {auth_db}\nadmin_username = admin\nadmin_password = admin-password-1234\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        return path
+
+    src_auth, dst_auth = _sqlite(tmp_path / "auth.db"), _sqlite(tmp_path / "restored-auth.db")
+    db, art = _sqlite(tmp_path / "src.db"), tmp_path / "art"
+    args = ["--app-name", "basic-auth"]
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini(src_auth)), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret"}
+    with TrackingServer(tmp_path / "src", backend_store_uri=db, artifacts_destination=str(art), extra_args=args,
+                        env=env) as server:  # fmt: skip
+        made = requests.post(f"{server.url}/api/2.0/mlflow/users/create", auth=("admin", "admin-password-1234"),
+                             json={"username": "alice", "password": "alice-password-1234"}, timeout=30)  # fmt: skip
+        assert made.status_code == 200, made.text
+    done = run_cli("backup", "--backend-store-uri", db, "--artifacts-destination", str(art), "--auth-db-uri",
+                   src_auth, "--to", str(tmp_path / "bk"), "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["auth_database"] is True
+    restored = run_cli("restore", "--from", str(tmp_path / "bk"), "--backend-store-uri", _sqlite(tmp_path / "d.db"),
+                       "--artifacts-destination", str(tmp_path / "d-art"), "--auth-db-uri", dst_auth, "--json")  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    checks = {c["name"]: c for c in json.loads(restored.stdout)["checks"]}
+    assert checks["auth database row counts"]["verdict"] == "pass"
+    env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini(dst_auth))
+    with TrackingServer(tmp_path / "dst", backend_store_uri=_sqlite(tmp_path / "d.db"),
+                        artifacts_destination=str(tmp_path / "d-art"), extra_args=args, env=env) as server:  # fmt: skip
+        url = f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert requests.get(url, auth=("alice", "alice-password-1234"), timeout=30).status_code == 200
+        assert requests.get(url, auth=("alice", "wrong-password-0000"), timeout=30).status_code == 401
