@@ -1,8 +1,11 @@
-"""The sticky PR comment and `mlflow-ci expect`, against a fake GitHub API on 127.0.0.1."""
+"""The sticky PR comment and `mlflow-ci expect`, against a fake GitHub API on 127.0.0.1 (and, for
+`expect --alias`, a real tracking server)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from fake_github import FakeGitHub
 from mlflow_ci.errors import InfraError
 from mlflow_ci.github import MAX_BODY, _Api, pr_comment
 from mlflow_ci.report import Report, check
+from mlflow_ci.tracking import TrackingServer
 
 REPO = "acme/models"
 MARKER = "<!-- mlflow-ci:smoke -->"
@@ -185,3 +189,50 @@ def test_cli_unreachable_api_is_an_infra_error(tmp_path: Path) -> None:
 def test_expect(args: list[str], code: int) -> None:
     done = run_cli("expect", *args)
     assert done.returncode == code, done.stderr
+
+
+def test_expect_aliases_against_the_registry(tracking_server: TrackingServer) -> None:
+    """`expect --alias` reads the registry: it passes only when every alias is at the version named."""
+    from mlflow import MlflowClient
+    from modelfactory import log_run
+
+    model = f"expect-{uuid.uuid4().hex[:8]}"
+    client = MlflowClient(tracking_uri=tracking_server.url, registry_uri=tracking_server.url)
+    client.create_registered_model(model)
+    for _ in range(2):
+        run_id = log_run(tracking_server.url, quality="poor", experiment="expect-tests")
+        client.create_model_version(model, f"runs:/{run_id}/model", run_id=run_id)
+    client.set_registered_model_alias(model, "champion", "1")
+    client.set_registered_model_alias(model, "challenger", "2")
+
+    def expect(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("expect", "--tracking-uri", tracking_server.url, *args)
+
+    done = expect("--model", model, "--alias", "champion=1", "--alias", "challenger=2")
+    assert done.returncode == 0, done.stderr
+    assert f"registry as expected: model '{model}' @champion = v1, @challenger = v2" in done.stderr
+
+    done = expect("--model", model, "--alias", "champion=2", "--alias", "challenger=2")
+    assert done.returncode == 1, done.stderr
+    assert "@champion is v1, expected v2" in done.stderr
+    # An empty version is a missing workflow output, never a match (not even of an unset alias).
+    done = expect("--model", model, "--alias", "candidate=")
+    assert done.returncode == 1, done.stderr
+    assert "expected version of @candidate is empty" in done.stderr
+    done = expect("--model", "no-such-model", "--alias", "champion=1")
+    assert done.returncode == 1, done.stderr
+    assert "@champion is not set, expected v1" in done.stderr
+    # Both kinds of expectation in one call: either failing fails it.
+    done = expect("--verdict", "fail", "--run-id", "", "--model", model, "--alias", "champion=1")
+    assert done.returncode == 1, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [([], "Nothing to expect"), (["--alias", "champion=1"], "--alias needs --model"),
+     (["--model", "m", "--alias", "champion"], "is not KEY=VALUE")],
+)  # fmt: skip
+def test_expect_usage_errors(args: list[str], why: str) -> None:
+    done = run_cli("expect", *args)
+    assert done.returncode == 2, done.stderr
+    assert why in done.stderr

@@ -43,8 +43,17 @@ def write(tmp_path: Path, text: str, name: str = "bad.yml") -> Path:
     return path
 
 
-def test_the_three_workflows_exist() -> None:
-    assert {p.name for p in FILES} == {"pr-checks.yml", "self-test.yml", "ci.yml", "server-ops.yml"}
+def test_the_workflows_exist() -> None:
+    expected = {
+        "pr-checks.yml",
+        "self-test.yml",
+        "ci.yml",
+        "release.yml",
+        "rollback.yml",
+        "self-test-release.yml",
+        "server-ops.yml",
+    }
+    assert expected <= {p.name for p in FILES}
 
 
 # --- the linters -------------------------------------------------------------------------------
@@ -380,3 +389,40 @@ def test_self_test_calls_pr_checks_and_checks_its_outputs() -> None:
     (expect,) = [s for s in check["steps"] if str(s.get("run", "")).startswith("mlflow-ci expect")]
     assert expect["env"] == {"VERDICT": "${{ needs.pr-checks.outputs.verdict }}",
                              "RUN_ID": "${{ needs.pr-checks.outputs.run_id }}"}  # fmt: skip
+
+
+def test_self_test_release_releases_twice_rolls_back_and_checks() -> None:
+    """The release self-test: by hand only, a disposable server, two releases, a rollback, a check."""
+    wf = load_workflow(WORKFLOWS / "self-test-release.yml")
+    assert set(wf["on"]) == {"workflow_dispatch"}, "it changes a registry: never on push or PR"
+    jobs = wf["jobs"]
+    secrets = {"MLFLOW_TRACKING_URI": "${{ secrets.SELF_TEST_TRACKING_URI }}"}
+    common = {"model": "self-test-wine-classifier", "project": "example_project", "environment": "self-test",
+              "mlflow-ci-version": "."}  # fmt: skip
+    for n, needs in ((1, None), (2, "release-1")):
+        job = jobs[f"release-{n}"]
+        assert job["uses"] == "$/.github/workflows/release.yml"
+        assert job.get("needs") == needs
+        assert job["with"] == {**common, "env-manager": "local", "artifact-suffix": f"-{n}"}
+        assert job["secrets"] == secrets
+    rollback = jobs["rollback"]
+    assert rollback["uses"] == "$/.github/workflows/rollback.yml"
+    assert rollback["needs"] == "release-2"
+    assert rollback["with"]["reason"]
+    assert {k: v for k, v in rollback["with"].items() if k != "reason"} == common
+    assert rollback["secrets"] == secrets
+    # release.yml and rollback.yml take exactly these inputs.
+    release_inputs = set(load_workflow(WORKFLOWS / "release.yml")["on"]["workflow_call"]["inputs"])
+    rollback_inputs = set(load_workflow(WORKFLOWS / "rollback.yml")["on"]["workflow_call"]["inputs"])
+    assert set(jobs["release-1"]["with"]) <= release_inputs
+    assert set(rollback["with"]) <= rollback_inputs
+
+    check = jobs["check"]
+    assert set(check["needs"]) == {"release-1", "release-2", "rollback"}
+    assert check["env"]["MLFLOW_TRACKING_URI"] == "${{ secrets.SELF_TEST_TRACKING_URI }}"
+    runs = {s["run"]: s for s in check["steps"] if "run" in s}
+    (expect,) = [s for r, s in runs.items() if r.startswith("mlflow-ci expect")]
+    assert expect["env"] == {"FIRST": "${{ needs.release-1.outputs.version }}",
+                             "SECOND": "${{ needs.release-2.outputs.version }}"}  # fmt: skip
+    assert '--alias "champion=$FIRST"' in expect["run"]
+    assert any(r.startswith('mlflow-ci audit "$MODEL" --verify') for r in runs)

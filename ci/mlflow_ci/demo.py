@@ -1,8 +1,9 @@
 """``mlflow-ci demo``: the main job end to end on the embedded default (SQLite + local artifacts).
 
-Starts a tracking server in ``.mlflow-ci/demo``, smoke-checks the example project against it and
-prints the report and where it is written.  Later stages (gate, register, promote, serve) are
-added to :data:`STAGES` as they land.
+Starts a tracking server in ``.mlflow-ci/demo`` and runs what CI runs: the PR smoke check of the
+example project, then the release (train with full parameters, gate against the champion,
+register, promote to challenger and, approved, to champion) and a verification of the audit
+trail.  Reports land in ``.mlflow-ci/demo/reports``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,16 @@ from pathlib import Path
 import click
 
 from . import output, tracking
+from .audit import audit_command
 from .conventions import finish
 from .errors import ConfigError
+from .gates import gate_command
+from .promotion import promote
+from .register import register_command
 from .smoke import load_project_policy, run_smoke
+from .train import train_run
+
+DEMO_ACTOR = {"MLFLOW_CI_ACTOR": "mlflow-ci-demo"}
 
 
 def demo(*, project: Path, workdir: Path, env_manager: str | None, keep: bool) -> int:
@@ -28,23 +36,55 @@ def demo(*, project: Path, workdir: Path, env_manager: str | None, keep: bool) -
     if workdir.exists() and not keep:
         shutil.rmtree(workdir)
     reports = workdir / "reports"
+    policy_path = project / "mlflow-ci.yaml"
     loaded = load_project_policy(project, None, {"smoke.env_manager": env_manager})
     with output.step("start the tracking server (SQLite + local artifacts)"):
         server = tracking.TrackingServer(workdir / "server").start()
+    steps: list[tuple[str, int]] = []
     try:
-        output.info(f"tracking server: {server.url} (log {server.log_path})")
-        report = run_smoke(
-            project=project,
-            policy=loaded.policy,
-            tracking_uri=server.url,
-            params={},
-            scratch=workdir / "scratch",
-        )
-        code = finish(report, report_dir=reports, as_json=False)
+        url = server.url
+        output.info(f"tracking server: {url} (log {server.log_path})")
+        report = run_smoke(project=project, policy=loaded.policy, tracking_uri=url, params={},
+                           scratch=workdir / "scratch")  # fmt: skip
+        steps.append(("PR check: smoke", finish(report, report_dir=reports, as_json=False)))
+        if steps[-1][1] == 0:
+            steps += release(project=project, policy_path=policy_path, tracking_uri=url, reports=reports,
+                             env_manager=env_manager)  # fmt: skip
     finally:
         server.stop()
-    click.echo(
-        f"\nDemo {'passed' if code == 0 else 'FAILED'}. Reports: {reports} "
-        f"(smoke.md, smoke.json, smoke.html); server data: {workdir / 'server'}"
+    failed = [name for name, code in steps if code != 0]
+    lines = [f"  {'ok ' if code == 0 else 'FAIL'} {name}" for name, code in steps]
+    click.echo("\n".join(["", "Demo summary:", *lines]))
+    click.echo(f"\nDemo {'FAILED at ' + failed[0] if failed else 'passed'}. Reports: {reports} "
+               f"(smoke, gate, promote: .md/.json/.html); server data: {workdir / 'server'}")  # fmt: skip
+    return next((code for _, code in steps if code != 0), 0)
+
+
+def release(*, project: Path, policy_path: Path, tracking_uri: str, reports: Path,
+            env_manager: str | None) -> list[tuple[str, int]]:  # fmt: skip
+    """What a merge to main runs: train, gate, register, promote, verify the audit trail."""
+    policy = load_project_policy(project, policy_path, {}).policy
+    ran = train_run(project=project, policy=policy, tracking_uri=tracking_uri, env_manager=env_manager)
+    run_id = str(ran.run_id)
+    steps = [(f"release: train (run {run_id})", 0)]
+    common = {"policy_path": policy_path, "tracking_uri": tracking_uri}
+    code = gate_command(run_id=run_id, report_dir=reports, **common)
+    steps.append(("release: gate against the champion", code))
+    if code != 0:
+        return steps
+    steps.append(
+        ("release: register", register_command(run_id=run_id, project_dir=project, env=DEMO_ACTOR, **common))
     )
-    return code
+    for alias, approver in (("challenger", None), ("champion", "demo-approver")):
+        code = promote(model=None, to=alias, approved_by=approver, reason="demo release", report_dir=reports,
+                       env=DEMO_ACTOR, **common)  # fmt: skip
+        steps.append((f"release: promote to {alias}", code))
+        if code != 0:
+            return steps
+    steps.append(
+        (
+            "release: audit trail verifies",
+            audit_command(model=None, verify_chain=True, env=DEMO_ACTOR, **common),
+        )
+    )
+    return steps

@@ -13,6 +13,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,4 +227,28 @@ def expect_outputs(*, verdict: str, run_id: str, want: str = "pass") -> int:
             hint="The called workflow's smoke job log and report artifact say why.",
         )
     output.info(f"workflow outputs as expected: verdict {verdict}, run id {run_id or '(none)'}")
+    return 0
+
+
+def expect_aliases(*, model: str, wanted: Mapping[str, str], tracking_uri: str | None) -> int:
+    """Check that ``model``'s aliases point at the versions a workflow's outputs name: exit 0 when
+    every ``alias -> version`` of ``wanted`` holds. An empty version (a missing output) never does."""
+    from .registry import aliases_or_empty, connect
+
+    wanted = {alias: version.strip() for alias, version in wanted.items()}
+    actual = aliases_or_empty(connect(tracking_uri), model)  # a missing model has no aliases
+    problems = []
+    for alias, version in wanted.items():
+        found = actual.get(alias)
+        if not version:
+            problems.append(f"the expected version of @{alias} is empty (a missing workflow output?)")
+        elif found != version:
+            problems.append(f"@{alias} is {f'v{found}' if found else 'not set'}, expected v{version}")
+    if problems:
+        raise CheckFailed(
+            f"Model {model!r} in the registry is not as expected: " + "; ".join(problems) + ".",
+            hint=f"`mlflow-ci audit {model}` shows who moved what, and why.",
+        )
+    shown = ", ".join(f"@{alias} = v{version}" for alias, version in wanted.items())
+    output.info(f"registry as expected: model {model!r} {shown}")
     return 0

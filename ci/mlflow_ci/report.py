@@ -116,7 +116,7 @@ class Report:
     def to_html(self, extra: str = "") -> str:
         rows = "\n".join(
             f"<tr class='{c.verdict}'><td>{_h(c.name)}</td><td>{_h(c.expected)}</td>"
-            f"<td>{_h(c.found)}</td><td>{_h(ICONS[c.verdict])}</td></tr>"
+            f"<td>{_h(c.found)}</td><td class='v'>{c.verdict}</td></tr>"
             for c in self.checks
         )
         run = ""
@@ -129,7 +129,7 @@ class Report:
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}
 tr.fail{{background:#fde2e1}}tr.warn{{background:#fff4ce}}tr.pass{{background:#e6f4ea}}
-.verdict-pass{{color:#137333}}.verdict-fail{{color:#a50e0e}}pre{{background:#f6f8fa;padding:1rem}}</style>
+.v{{font-weight:600;text-transform:uppercase}}.verdict-pass{{color:#137333}}.verdict-fail{{color:#a50e0e}}pre{{background:#f6f8fa;padding:1rem}}</style>
 </head><body>
 <h1 class="verdict-{self.verdict}">mlflow-ci {_h(self.kind)}: {_h(self.title)} — {self.verdict.upper()}</h1>
 {run}

@@ -9,20 +9,16 @@ its own environment and predict on its input example.
 from __future__ import annotations
 
 import json
-import re
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from . import envmanagers, output, proc, reproducibility, tracking
 from .conventions import find_logged_model, finish, run_url, verify_run
-from .errors import CommandFailed, ConfigError, PolicyError, ServerUnreachable
+from .errors import ConfigError, PolicyError
 from .policy import LoadedPolicy, Policy, find_policy, load_policy
+from .projectrun import param_value, run_project
 from .report import Check, Report, check
-
-RUN_ID_IN_OUTPUT = re.compile(r"=== Run \(ID '([0-9a-f]{32})'\)")
 
 
 def load_project_policy(project: Path, policy_path: Path | None, overrides: dict[str, Any]) -> LoadedPolicy:
@@ -78,7 +74,7 @@ def run_smoke(
     predictor.preflight()
 
     experiment = settings.experiment or policy.naming.render("experiment", policy.project)
-    parameters = {**{k: _param(v) for k, v in settings.parameters.items()}, **params}
+    parameters = {**{k: param_value(v) for k, v in settings.parameters.items()}, **params}
     report = Report(
         kind="smoke",
         title=f"{policy.project} ({settings.entry_point}, {manager.name})",
@@ -86,49 +82,21 @@ def run_smoke(
     )
     report.data.update({"experiment": experiment, "parameters": parameters, "env_manager": manager.name})
 
-    argv = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "run",
-        str(project),
-        "-e",
-        settings.entry_point,
-        "--env-manager",
-        manager.name,
-        "--experiment-name",
-        experiment,
-    ]
-    for key, value in parameters.items():
-        argv += ["-P", f"{key}={value}"]
-    env = tracking.client_env(tracking_uri)
-    started_ms = int(time.time() * 1000)
-    with output.step(f"mlflow run {project.name} -e {settings.entry_point} ({manager.name})"):
-        try:
-            done = proc.run(argv, env=env, cwd=project, timeout=settings.timeout, check=False, stream=True)
-            returncode, out, elapsed = done.returncode, done.output, done.duration_s
-        except CommandFailed as exc:  # timed out
-            returncode, out, elapsed = exc.returncode, exc.output_tail, float(settings.timeout)
-
-    if returncode != 0 and not tracking.check_health(tracking_uri):
-        raise ServerUnreachable(
-            f"The tracking server at {tracking_uri} stopped answering while the entry point ran "
-            f"(mlflow run exited {returncode}).",
-            hint="Check the server's log; nothing was verified.",
-        )
+    ran = run_project(project, entry_point=settings.entry_point, parameters=parameters, env_manager=manager.name,
+                      experiment=experiment, tracking_uri=tracking_uri, timeout=settings.timeout)  # fmt: skip
+    out, run_id = ran.output, ran.run_id
     with tracking.client_settings(tracking_uri):
         client = MlflowClient(tracking_uri)
-        run_id = _find_run_id(client, out, experiment, started_ms)
         if run_id:
             run = client.get_run(run_id)
             report.run_id = run_id
             report.run_url = run_url(tracking_uri, run.info.experiment_id, run_id)
-        if returncode != 0:
-            found = f"timed out after {settings.timeout}s" if returncode == -1 else f"exit {returncode}"
+        if ran.returncode != 0:
+            found = f"timed out after {settings.timeout}s" if ran.returncode == -1 else ran.outcome
             report.add(check("entry point", False, expected="exit 0", found=found))
             report.output_tail = proc.tail(out)
             return report
-        report.add(check("entry point", True, expected="exit 0", found=f"exit 0 in {elapsed:.1f}s"))
+        report.add(check("entry point", True, expected="exit 0", found=f"exit 0 in {ran.elapsed_s:.1f}s"))
         if not run_id:
             report.add(check("run found", False, expected="the run mlflow run created", found="none"))
             report.output_tail = proc.tail(out)
@@ -171,7 +139,7 @@ def predict_check(model_uri: str, env_manager: str, tracking_uri: str, scratch: 
     rows = _example_rows(json.loads(example.read_text(encoding="utf-8")))
     out_file = scratch / "predictions.json"
     try:
-        with output.stdout_to_stderr():
+        with tracking.client_settings(tracking_uri), output.stdout_to_stderr():
             # mlflow.models.predict builds a throwaway environment on every call; the same
             # backend with no private env root reuses the cache under MLFLOW_ENV_ROOT.
             backend = get_flavor_backend(
@@ -204,25 +172,3 @@ def _example_rows(payload: dict[str, Any]) -> int | None:
         if isinstance(payload.get(key), list):
             return len(payload[key])
     return None
-
-
-def _find_run_id(client: Any, out: str, experiment: str, started_ms: int) -> str | None:
-    match = RUN_ID_IN_OUTPUT.search(out)
-    if match:
-        return match.group(1)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string=f"attributes.start_time >= {started_ms}",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else None
-
-
-def _param(value: object) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    return str(value)

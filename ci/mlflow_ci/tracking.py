@@ -34,6 +34,9 @@ CLIENT_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # Environments built by uv get their bytecode compiled once, at install: with
+    # PYTHONDONTWRITEBYTECODE set (as on many CI machines) every run would recompile every import.
+    "UV_COMPILE_BYTECODE": "1",
 }
 
 
@@ -69,8 +72,14 @@ def require_reachable(uri: str, *, attempts: int = 3, delay: float = 1.0) -> Non
     )
 
 
+# Inherited from a caller, these would silently attach a child to someone else's experiment or run.
+CALLER_RUN_CONTEXT = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+
+
 def client_env(tracking_uri: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = proc.base_env(CLIENT_ENV)
+    for name in CALLER_RUN_CONTEXT:
+        env.pop(name, None)
     env["MLFLOW_TRACKING_URI"] = tracking_uri
     if extra:
         env.update(extra)
