@@ -444,7 +444,8 @@ def backup_command(*, backend_store_uri: str | None, artifacts_uri: str | None, 
             "No backup destination.", hint="Pass --to DEST or set backup.destination in mlflow-ci.yaml."
         )
     manifest = take_backup(backend_store_uri=ops.backend_store_uri, artifacts_uri=ops.artifacts_uri,
-                           destination=ops.destination, auth_db_uri=ops.auth_db_uri, keep=ops.keep)  # fmt: skip
+                           destination=ops.destination, auth_db_uri=ops.auth_db_uri, keep=ops.keep,
+                           sample_runs=ops.backup.sample_runs)  # fmt: skip
     summary = summarize(manifest, ops.destination)
     output.set_output("backup_id", manifest["id"])
     output.write_step_summary(
