@@ -51,6 +51,7 @@ def test_the_workflows_exist() -> None:
         "release.yml",
         "rollback.yml",
         "self-test-release.yml",
+        "server-ops.yml",
     }
     assert expected <= {p.name for p in FILES}
 

@@ -249,7 +249,13 @@ def up(
     port: int | None = None,
     backend_store_uri: str | None = None,
     artifacts_destination: str | None = None,
+    host: str = "127.0.0.1",
+    workers: int = 1,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
 ) -> dict[str, object]:
+    """Start a detached server (``extra_args``/``env``/``workers``: a server profile's, see server_profile)."""
     workdir = Path(workdir).resolve()
     state_path = workdir / STATE_FILE
     if state_path.exists():
@@ -258,7 +264,15 @@ def up(
             return dict(state, reused=True)
         _kill_pid_group(int(state["pid"]))
     server = TrackingServer(
-        workdir, port=port, backend_store_uri=backend_store_uri, artifacts_destination=artifacts_destination
+        workdir,
+        port=port,
+        backend_store_uri=backend_store_uri,
+        artifacts_destination=artifacts_destination,
+        host=host,
+        workers=workers,
+        extra_args=tuple(extra_args),
+        env=dict(env or {}),
+        startup_timeout=startup_timeout,
     )
     server.start()
     state = {"url": server.url, "pid": server.pid, "workdir": str(workdir), "log": str(server.log_path)}

@@ -1,0 +1,310 @@
+"""`mlflow-ci backup` + `mlflow-ci restore` of a 10,000-run server against `mlflow-migration`.
+
+The server is generated in-process (bulk SQL into MLflow's own schema, created by
+``SqlAlchemyStore``): N runs with 10 params, 10 metrics x 5 steps, 3 tags and one artifact each,
+plus registered models with versions and an alias.  A sample experiment of S runs of the same
+shape is exported and re-imported with ``mlflow-migration`` (the maintained fork of
+mlflow-export-import) from a real server into an empty one: the baseline, measured in the same
+run.  Both are compared per run, for time and for what survives (run ids, start times, params,
+metric histories, artifacts).
+
+Goal: backup + restore at least 1,000x faster per run than export + import, with nothing lost.
+Two ratios are printed: with every cost counted (including the restore's read-back through a
+started server: one server start and a fixed-size sample, which does not grow with the number of
+runs), and per run without that fixed cost.
+
+``mlflow-migration`` needs Python >= 3.12: the benchmark builds a venv with pyenv's 3.12 once
+(``BENCH_MIGRATION_VENV``, default ``.nox/_mlflow_migration``).  Knobs: ``BENCH_BACKUP_RUNS``
+(10000), ``BENCH_BACKUP_SAMPLE`` (200).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from mlflow_ci.backup import take_backup
+from mlflow_ci.restore import restore_backup
+from mlflow_ci.tracking import TrackingServer, client_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+N_RUNS = int(os.environ.get("BENCH_BACKUP_RUNS", "10000"))
+SAMPLE = int(os.environ.get("BENCH_BACKUP_SAMPLE", "200"))
+GOAL = 1000.0
+MIGRATION_VENV = Path(os.environ.get("BENCH_MIGRATION_VENV", ROOT / ".nox" / "_mlflow_migration"))
+
+
+# --------------------------------------------------------------------------------------------
+# The generated server
+
+
+def generate(db: Path, artifacts: Path, *, runs: int, sample: int, seed: int = 7) -> dict[str, Any]:
+    """MLflow's schema (through SqlAlchemyStore), then runs by bulk SQL, artifacts as files."""
+    from mlflow import MlflowClient
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    uri = f"sqlite:///{db}"
+    store = SqlAlchemyStore(uri, "mlflow-artifacts:/")
+    main_exp = store.create_experiment("bench_main")
+    sample_exp = store.create_experiment("bench_sample")
+    rng = random.Random(seed)
+    base = 1_750_000_000_000
+    run_rows, params, metrics, latest, tags = [], [], [], [], []
+    sample_ids = []
+    for i in range(runs + sample):
+        exp = sample_exp if i >= runs else main_exp
+        rid = uuid.UUID(int=rng.getrandbits(128)).hex
+        start = base + i * 60_000
+        name = f"run_{i}"
+        run_rows.append((rid, name, "LOCAL", "bench.py", "", "bench", "FINISHED", start, start + 30_000, "",
+                         "active", f"mlflow-artifacts:/{exp}/{rid}/artifacts", int(exp), None))  # fmt: skip
+        params.extend((f"p{k}", str(rng.random()), rid) for k in range(10))
+        for k in range(10):
+            for step in range(5):
+                value = rng.random()
+                metrics.append((f"m{k}", value, start + step * 1000, rid, step, False))
+            latest.append((f"m{k}", value, start + 4000, 4, False, rid))
+        tags.extend(
+            [
+                ("mlflow.runName", name, rid),
+                ("mlflow.user", "bench", rid),
+                ("mlflow.source.type", "LOCAL", rid),
+            ]
+        )
+        folder = artifacts / exp / rid / "artifacts"
+        folder.mkdir(parents=True)
+        (folder / "notes.txt").write_text(f"run {i} {rng.random()}\n" * 20)
+        if exp == sample_exp:
+            sample_ids.append(rid)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.executemany("INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id, "
+                         "status, start_time, end_time, source_version, lifecycle_stage, artifact_uri, experiment_id, "
+                         "deleted_time) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", run_rows)  # fmt: skip
+        conn.executemany("INSERT INTO params (key, value, run_uuid) VALUES (?,?,?)", params)
+        conn.executemany("INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) VALUES (?,?,?,?,?,?)",
+                         metrics)  # fmt: skip
+        conn.executemany("INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) "
+                         "VALUES (?,?,?,?,?,?)", latest)  # fmt: skip
+        conn.executemany("INSERT INTO tags (key, value, run_uuid) VALUES (?,?,?)", tags)
+    conn.close()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for m in range(3):
+        name = f"bench_model_{m}"
+        client.create_registered_model(name)
+        for v in range(2):
+            rid = run_rows[m * 2 + v][0]
+            client.create_model_version(name, f"mlflow-artifacts:/{main_exp}/{rid}/artifacts", run_id=rid)
+        client.set_registered_model_alias(name, "champion", "2")
+    return {"uri": uri, "sample_ids": sample_ids, "runs": runs + sample, "metric_rows": len(metrics)}
+
+
+# --------------------------------------------------------------------------------------------
+# Fidelity: what a user sees for the sample runs, through a server
+
+
+def view(url: str, experiment: str, *, histories: int = 20) -> dict[str, tuple[Any, ...]]:
+    """run name → (run id, start, end, params, metric-history sizes for the first runs, artifacts)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    with client_settings(url):
+        client = MlflowClient(url)
+        exp = client.get_experiment_by_name(experiment)
+        out = {}
+        runs = []
+        token = None
+        while True:
+            page = client.search_runs(
+                [exp.experiment_id], run_view_type=ViewType.ALL, max_results=1000, page_token=token
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        for n, run in enumerate(sorted(runs, key=lambda r: r.info.run_name)):
+            hist = ()
+            if n < histories:
+                hist = tuple(sorted((k, tuple((m.step, m.timestamp, m.value) for m in client.get_metric_history(
+                    run.info.run_id, k))) for k in run.data.metrics))  # fmt: skip
+            arts = (
+                tuple(sorted(a.path for a in client.list_artifacts(run.info.run_id))) if n < histories else ()
+            )
+            out[run.info.run_name] = (run.info.run_id, run.info.start_time, run.info.end_time,
+                                      tuple(sorted(run.data.params.items())), hist, arts)  # fmt: skip
+    return out
+
+
+def fidelity(source: dict[str, tuple[Any, ...]], copy: dict[str, tuple[Any, ...]]) -> dict[str, str]:
+    names = sorted(source)
+    checked = [n for n in names if source[n][4]]
+
+    def share(pred: Any, pool: list[str]) -> str:
+        ok = sum(1 for n in pool if n in copy and pred(source[n], copy[n]))
+        return f"{ok}/{len(pool)}"
+
+    return {
+        "runs present": share(lambda a, b: True, names),
+        "run ids kept": share(lambda a, b: a[0] == b[0], names),
+        "start/end times kept": share(lambda a, b: a[1:3] == b[1:3], names),
+        "params kept": share(lambda a, b: a[3] == b[3], names),
+        "metric histories kept": share(lambda a, b: a[4] == b[4], checked),
+        "artifacts kept": share(lambda a, b: a[5] == b[5], checked),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The baseline: mlflow-migration export + import
+
+
+def migration_bin() -> Path | None:
+    """The venv's bin folder with mlflow-migration, built once with Python >= 3.12 (pyenv)."""
+    bin_dir = MIGRATION_VENV / "bin"
+    if (bin_dir / "mlflow-migration-export-experiment").exists():
+        return bin_dir
+    python = None
+    for candidate in ("python3.12", "python3.13"):
+        found = shutil.which(candidate)
+        if found:
+            python = found
+            break
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    for v in sorted(pyenv_root.glob("versions/3.1[23]*")):
+        if python is None and (v / "bin" / "python").exists():
+            python = str(v / "bin" / "python")
+    if python is None:
+        return None
+    subprocess.run([python, "-m", "venv", str(MIGRATION_VENV)], check=True)
+    done = subprocess.run([str(bin_dir / "pip"), "install", "-q", "mlflow-migration", "mlflow==3.17.2"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        print(f"mlflow-migration could not be installed:\n{done.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return bin_dir
+
+
+def _timed(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"baseline command failed ({done.returncode}): {' '.join(argv)}\n{done.stdout[-2000:]}"
+                         f"\n{done.stderr[-3000:]}")  # fmt: skip
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def ours_round_trip(work: Path, uri: str) -> tuple[float, float, float, dict[str, Any]]:
+    """Seconds for the backup, for the restore's data path (database, artifacts with checksums,
+    manifest checks) and for the read-back through a server started on the restored stores."""
+    from mlflow_ci.restore import verify_through_server
+
+    t0 = time.perf_counter()
+    manifest = take_backup(
+        backend_store_uri=uri, artifacts_uri=str(work / "src-art"), destination=str(work / "repo")
+    )
+    t_backup = time.perf_counter() - t0
+    dst_uri, dst_art = f"sqlite:///{work / 'dst.db'}", str(work / "dst-art")
+    t0 = time.perf_counter()
+    report = restore_backup(source=str(work / "repo"), backend_store_uri=dst_uri, artifacts_uri=dst_art,
+                            server_check=False)  # fmt: skip
+    t_restore = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with TrackingServer(work / "verify", backend_store_uri=dst_uri, artifacts_destination=dst_art) as server:
+        for item in verify_through_server(server.url, manifest):
+            report.add(item)
+    t_read_back = time.perf_counter() - t0
+    if report.verdict != "pass":
+        raise SystemExit(f"restore did not verify:\n{report.to_markdown()}")
+    return t_backup, t_restore, t_read_back, manifest
+
+
+def main() -> dict[str, object]:
+    results: dict[str, object] = {"runs": N_RUNS + SAMPLE, "sample": SAMPLE}
+    with tempfile.TemporaryDirectory(prefix="bench-backup-") as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        gen = generate(work / "src.db", work / "src-art", runs=N_RUNS, sample=SAMPLE)
+        print(
+            f"generated {gen['runs']} runs ({gen['metric_rows']} metric rows) in {time.perf_counter() - t0:.1f}s"
+        )
+
+        # Ours: backup, then restore into empty stores, verified (manifest + read-back through a server).
+        t_backup, t_restore, fixed, manifest = ours_round_trip(work, gen["uri"])
+        t0 = time.perf_counter()
+        take_backup(
+            backend_store_uri=gen["uri"], artifacts_uri=str(work / "src-art"), destination=str(work / "repo")
+        )
+        t_incremental = time.perf_counter() - t0
+        # The read-back through a started server is a fixed cost (one server start, a fixed-size
+        # sample of runs, models and aliases) that does not grow with the number of runs; the
+        # per-run cost is the data path: backup, database restore, artifact copy, manifest checks.
+        ours_per_run = (t_backup + t_restore + fixed) / gen["runs"]
+        marginal = (t_backup + t_restore) / gen["runs"]
+        results.update(backup_s=round(t_backup, 2), restore_data_path_s=round(t_restore, 2),
+                       incremental_backup_s=round(t_incremental, 2), ours_per_run_ms=round(ours_per_run * 1000, 4),
+                       ours_per_run_without_read_back_ms=round(marginal * 1000, 4), read_back_s=round(fixed, 2),
+                       artifacts=manifest["artifacts"]["count"])  # fmt: skip
+
+        bin_dir = migration_bin()
+        with TrackingServer(work / "src-server", backend_store_uri=gen["uri"],
+                            artifacts_destination=str(work / "src-art")) as src:  # fmt: skip
+            source_view = view(src.url, "bench_sample")
+            with TrackingServer(work / "dst-server", backend_store_uri=f"sqlite:///{work / 'dst.db'}",
+                                artifacts_destination=str(work / "dst-art")) as restored:  # fmt: skip
+                ours = fidelity(source_view, view(restored.url, "bench_sample"))
+            if bin_dir is None:
+                print(
+                    "mlflow-migration is not available (needs Python >= 3.12): no baseline", file=sys.stderr
+                )
+                results["baseline"] = "unavailable"
+                return results
+            env = {**os.environ, "MLFLOW_TRACKING_URI": src.url, "MLFLOW_DISABLE_TELEMETRY": "true"}
+            env.pop("PYTHONPATH", None)
+            t_export = _timed([str(bin_dir / "mlflow-migration-export-experiment"), "--experiment", "bench_sample",
+                               "--output-dir", str(work / "export")], env)  # fmt: skip
+        with TrackingServer(work / "imp-server") as target:
+            env["MLFLOW_TRACKING_URI"] = target.url
+            t_import = _timed([str(bin_dir / "mlflow-migration-import-experiment"), "--experiment-name",
+                               "bench_sample", "--input-dir", str(work / "export")], env)  # fmt: skip
+            theirs = fidelity(source_view, view(target.url, "bench_sample"))
+        base_per_run = (t_export + t_import) / SAMPLE
+        ratio = base_per_run / ours_per_run
+        ratio_marginal = base_per_run / marginal
+        results.update(export_s=round(t_export, 2), import_s=round(t_import, 2),
+                       baseline_per_run_ms=round(base_per_run * 1000, 2), ratio=round(ratio, 1),
+                       ratio_marginal=round(ratio_marginal, 1), fidelity_ours=ours,
+                       fidelity_mlflow_migration=theirs)  # fmt: skip
+
+    print()
+    print(f"{'':34} {'mlflow-ci backup+restore':>26} {'mlflow-migration':>18}")
+    print(f"{'runs':34} {N_RUNS + SAMPLE:>26} {SAMPLE:>18}")
+    print(f"{'seconds (backup / export)':34} {t_backup:>26.2f} {t_export:>18.2f}")
+    print(f"{'seconds (restore+checks / import)':34} {t_restore:>26.2f} {t_import:>18.2f}")
+    print(f"{'ms per run (all costs)':34} {ours_per_run * 1000:>26.4f} {base_per_run * 1000:>18.2f}")
+    print(f"{'ms per run (data path)':34} {marginal * 1000:>26.4f} {'':>18}")
+    print(f"{'fixed: read-back via a server (s)':34} {fixed:>26.2f} {'':>18}")
+    for key in ours:
+        print(f"{key + ' (sample)':34} {ours[key]:>26} {theirs[key]:>18}")
+    print(f"\nratio per run, mlflow-migration / mlflow-ci: {ratio:,.0f}x with every cost counted, "
+          f"{ratio_marginal:,.0f}x without the fixed read-back through a server (goal >= {GOAL:,.0f}x)"
+          f"; incremental re-backup of all {N_RUNS + SAMPLE} runs: {t_incremental:.2f}s")  # fmt: skip
+    lossless = all(v.split("/")[0] == v.split("/")[1] for v in ours.values())
+    results["goal_met_all_costs"] = ratio >= GOAL and lossless
+    results["goal_met_marginal"] = ratio_marginal >= GOAL and lossless
+    return results
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    print(main())

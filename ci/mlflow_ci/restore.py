@@ -1,0 +1,499 @@
+"""``mlflow-ci restore``: a backup into an *empty* database and artifact store, then verified.
+
+Verification has two halves:
+
+1. against the manifest: schema revision, row counts of every table, every artifact's key and
+   size (checksums are checked as each object is copied: objects are named by their SHA-256);
+2. through a real ``mlflow server`` started on the restored stores: the sampled runs (ids, start
+   and end times, status, params, full metric histories), every registered model, version
+   (numbers, source runs, creation times) and alias, the sampled runs' artifacts listed and one
+   downloaded through the artifact proxy, and the experiment count.
+
+Ids, timestamps and version numbers are preserved because the database is restored from a
+dump, not re-created through the API (which renumbers versions and assigns new run ids).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import output
+from .artifact_stores import ArtifactStore, LocalStore, store_for
+from .backends import Backend, backend_for, redact
+from .backup import BackupRepo, object_key, sha256_file
+from .errors import CheckFailed, ConfigError, InfraError
+from .report import Check, Report, check
+
+
+def _ensure_empty(backend: Backend, store: ArtifactStore, auth: Backend | None) -> None:
+    tables = backend.tables()
+    if tables:
+        raise ConfigError(
+            f"Refusing to restore into {redact(backend.uri)}: it already has {len(tables)} tables "
+            f"({', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''}).",
+            hint="Restore into a new, empty database (a server started on it creates tables: restore first, "
+            "then start the server).",
+        )
+    if auth is not None and auth.tables():
+        raise ConfigError(f"Refusing to restore the auth database into {redact(auth.uri)}: it is not empty.")
+    first = next(iter(store.list()), None)
+    if first is not None:
+        raise ConfigError(
+            f"Refusing to restore into artifact store {store.uri}: it already holds objects (e.g. {first.key}).",
+            hint="Use an empty folder, bucket prefix or container.",
+        )
+
+
+def plan(manifest: Mapping[str, Any], *, backend_store_uri: str, artifacts_uri: str,
+         auth_db_uri: str | None) -> dict[str, Any]:  # fmt: skip
+    db = manifest["backend"]
+    return {
+        "backup": manifest["id"],
+        "created": manifest["created"],
+        "mlflow_version": manifest["mlflow_version"],
+        "backend": {
+            "from": db["kind"],
+            "into": redact(backend_store_uri),
+            "schema_revision": db["schema_revision"],
+            "tables": len(db["row_counts"]),
+            "rows": sum(db["row_counts"].values()),
+            "row_counts": db["row_counts"],
+        },
+        "artifacts": {
+            "into": artifacts_uri,
+            "count": manifest["artifacts"]["count"],
+            "bytes": manifest["artifacts"]["bytes"],
+        },
+        "auth": (
+            {
+                "into": redact(auth_db_uri) if auth_db_uri else None,
+                "rows": sum(manifest["auth"]["row_counts"].values()),
+            }
+            if manifest.get("auth")
+            else None
+        ),
+    }
+
+
+def restore_backup(
+    *,
+    source: str,
+    backend_store_uri: str,
+    artifacts_uri: str,
+    auth_db_uri: str | None = None,
+    backup_id: str | None = None,
+    dry_run: bool = False,
+    server_check: bool = True,
+    env: Mapping[str, str] | None = None,
+    workdir: Path | None = None,
+) -> Report:
+    """Restore one backup and return the verification report (``data["plan"]`` always set)."""
+    env = dict(os.environ if env is None else env)
+    repo = BackupRepo.open(source, env)
+    manifest = repo.manifest(backup_id)
+    backend = backend_for(backend_store_uri)
+    target = store_for(artifacts_uri, env)
+    if manifest.get("auth") and not auth_db_uri:
+        output.warning(
+            "the backup holds an auth database but no --auth-db-uri was given: it will not be restored"
+        )
+    auth = backend_for(auth_db_uri) if auth_db_uri and manifest.get("auth") else None
+    report = Report(kind="restore", title=f"backup {manifest['id']} into {redact(backend_store_uri)}")
+    report.data["plan"] = plan(manifest, backend_store_uri=backend_store_uri, artifacts_uri=artifacts_uri,
+                               auth_db_uri=auth_db_uri)  # fmt: skip
+    if manifest["backend"]["kind"] != backend.kind:
+        raise ConfigError(
+            f"Backup {manifest['id']} holds a {manifest['backend']['kind']} dump; it cannot be restored into "
+            f"{backend.kind} ({redact(backend_store_uri)}).",
+            hint="Restore into the same engine, then migrate with MLflow's own tools if you must change engines.",
+        )
+    backend.check_tools()
+    _ensure_empty(backend, target, auth)
+    if dry_run:
+        report.notes.append("dry run: nothing was restored")
+        report.add(check("restore plan", True, expected="empty target", found="empty; nothing written"))
+        return report
+
+    seconds: dict[str, float] = {}
+    report.data["seconds"] = seconds
+    t0 = time.monotonic()
+    with output.step(f"database ({backend.kind})"):
+        _restore_db(repo, manifest, backend, manifest["backend"])
+    seconds["database"] = round(time.monotonic() - t0, 3)
+    with contextlib.ExitStack() as stack:
+        server = None
+        started: dict[str, BaseException | None] = {}
+        if server_check:
+            from .tracking import TrackingServer
+
+            # The server needs only the database: start it while the artifacts are copied.
+            work = workdir or Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="mlflow-ci-restore-"))
+            )
+            server = TrackingServer(Path(work) / "server", backend_store_uri=backend_store_uri,
+                                    artifacts_destination=artifacts_uri, env=_server_env(env))  # fmt: skip
+
+            def start() -> None:
+                try:
+                    server.start()
+                    started["error"] = None
+                except BaseException as exc:  # reported below, in this thread
+                    started["error"] = exc
+
+            starter = threading.Thread(target=start, name="restore-verify-server", daemon=True)
+            starter.start()
+
+            def stop_server() -> None:
+                starter.join()  # never stop a server that is still being started (it would outlive us)
+                server.stop()
+
+            stack.callback(stop_server)
+        t0 = time.monotonic()
+        with output.step(f"artifacts into {artifacts_uri}"):
+            copied = _restore_artifacts(repo, manifest, target)
+        if auth is not None:
+            with output.step(f"auth database ({auth.kind})"):
+                _restore_db(repo, manifest, auth, manifest["auth"])
+        report.data["artifacts_copied"] = copied
+        for item in verify_against_manifest(manifest, backend, target, auth):
+            report.add(item)
+        seconds["artifacts_and_manifest_checks"] = round(time.monotonic() - t0, 3)
+        if server is not None:
+            t0 = time.monotonic()
+            stack.callback(lambda: seconds.__setitem__("server_read_back", round(time.monotonic() - t0, 3)))
+            with output.step("read back through a tracking server"):
+                starter.join()
+                error = started.get("error")
+                if error is not None:
+                    if not isinstance(error, InfraError):
+                        raise error
+                    report.add(check("server starts on the restored stores", False, expected="/health answers",
+                                     found="did not start", detail=str(error)))  # fmt: skip
+                    return report
+                for item in verify_through_server(server.url, manifest):
+                    report.add(item)
+    return report
+
+
+def _server_env(env: Mapping[str, str]) -> dict[str, str]:
+    keep = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+            "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCESS_KEY")  # fmt: skip
+    return {k: env[k] for k in keep if env.get(k)}
+
+
+def _restore_db(
+    repo: BackupRepo, manifest: Mapping[str, Any], backend: Backend, info: Mapping[str, Any]
+) -> None:
+    with repo.materialize(f"backups/{manifest['id']}/{info['dump']}") as dump:
+        found = sha256_file(dump)
+        if found != info["dump_sha256"]:
+            raise InfraError(
+                f"The database dump of backup {manifest['id']} is damaged: SHA-256 {found[:12]}..., "
+                f"the manifest says {info['dump_sha256'][:12]}....",
+                hint="Restore an older backup (`--backup ID`).",
+            )
+        backend.restore(dump)
+
+
+def _restore_artifacts(repo: BackupRepo, manifest: Mapping[str, Any], target: ArtifactStore) -> int:
+    """Copy every object into the target, checking each against its SHA-256 (its name in the backup)."""
+    copied = 0
+    local = isinstance(target, LocalStore)
+    if local:
+        target.durable = False  # one sync at the end instead of an fsync per file
+    repo_root = str(repo.local_root) if repo.local_root is not None else None
+    made: set[str] = set()
+    for obj in manifest["artifacts"]["objects"]:
+        key = object_key(obj["sha256"])
+        if local and repo_root is not None:
+            # Local to local (the common drill): one read per object, copy and hash together.
+            hasher = hashlib.sha256()
+            try:
+                target.write_new(os.path.join(repo_root, key), obj["key"], hasher, made)
+            except FileNotFoundError:
+                raise InfraError(f"Backup object {key} is missing: the backup is damaged.",
+                                 hint="Restore an older backup (`--backup ID`) into new, empty stores.") from None  # fmt: skip
+            found = hasher.hexdigest()
+        else:
+            with repo.materialize(key) as blob:
+                if local:
+                    hasher = hashlib.sha256()
+                    target.copy_in(blob, obj["key"], hasher)
+                    found = hasher.hexdigest()
+                else:
+                    found = sha256_file(blob)
+                    if found == obj["sha256"]:
+                        target.put(blob, obj["key"])
+        if found != obj["sha256"]:
+            raise InfraError(
+                f"Backup object for {obj['key']} is damaged (SHA-256 {found[:12]}..., expected "
+                f"{obj['sha256'][:12]}...).",
+                hint="Restore an older backup (`--backup ID`) into new, empty stores.",
+            )
+        copied += 1
+    target.flush()
+    return copied
+
+
+# --------------------------------------------------------------------------------------------
+# Verification
+
+
+def _diff_counts(expected: Mapping[str, int], found: Mapping[str, int]) -> list[str]:
+    out = []
+    for table in sorted(set(expected) | set(found)):
+        if expected.get(table) != found.get(table):
+            out.append(f"{table}: {expected.get(table)} → {found.get(table)}")
+    return out
+
+
+def verify_against_manifest(manifest: Mapping[str, Any], backend: Backend, target: ArtifactStore,
+                            auth: Backend | None = None) -> list[Check]:  # fmt: skip
+    db = manifest["backend"]
+    checks = [
+        check("schema revision", backend.schema_revision() == db["schema_revision"],
+              expected=str(db["schema_revision"]), found=str(backend.schema_revision())),
+    ]  # fmt: skip
+    diff = _diff_counts(db["row_counts"], backend.row_counts())
+    rows = sum(db["row_counts"].values())
+    checks.append(check("row counts", not diff, expected=f"{rows} rows in {len(db['row_counts'])} tables",
+                        found="all equal" if not diff else "; ".join(diff[:10])))  # fmt: skip
+    if auth is not None and manifest.get("auth"):
+        adiff = _diff_counts(manifest["auth"]["row_counts"], auth.row_counts())
+        checks.append(check("auth database row counts", not adiff, expected="equal to the manifest",
+                            found="all equal" if not adiff else "; ".join(adiff[:10])))  # fmt: skip
+    want = {o["key"]: o["size"] for o in manifest["artifacts"]["objects"]}
+    have = {o.key: o.size for o in target.list()}
+    missing = sorted(set(want) - set(have))
+    wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+    extra = sorted(set(have) - set(want))
+    found = f"{len(have)} objects, {sum(have.values())} bytes"
+    problems = [f"missing {missing[:3]}" if missing else "", f"size differs {wrong[:3]}" if wrong else "",
+                f"unexpected {extra[:3]}" if extra else ""]  # fmt: skip
+    ok = not (missing or wrong or extra)
+    checks.append(check("artifacts (key, size; checksums verified while copying)", ok,
+                        expected=f"{len(want)} objects, {sum(want.values())} bytes",
+                        found=found if ok else "; ".join(p for p in problems if p)))  # fmt: skip
+    return checks
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return value
+
+
+def _artifact_prefix(artifact_uri: str | None) -> str | None:
+    if artifact_uri and artifact_uri.startswith("mlflow-artifacts:"):
+        return artifact_uri.split(":", 1)[1].lstrip("/")
+    return None
+
+
+def verify_through_server(url: str, manifest: Mapping[str, Any]) -> list[Check]:
+    """Read the sample back through the MLflow REST API and compare it field by field."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    from .tracking import client_settings
+
+    sample = manifest["backend"].get("sample") or {}
+    checks: list[Check] = []
+    with client_settings(url):
+        client = MlflowClient(tracking_uri=url)
+        # Runs and metric histories.
+        run_problems: list[str] = []
+        metric_points = 0
+        for want in sample.get("runs", []):
+            try:
+                run = client.get_run(want["run_id"])
+            except Exception as exc:
+                run_problems.append(f"{want['run_id']}: {type(exc).__name__}")
+                continue
+            got = {"experiment_id": run.info.experiment_id, "name": run.info.run_name, "status": run.info.status,
+                   "start_time": run.info.start_time, "end_time": run.info.end_time,
+                   "lifecycle_stage": run.info.lifecycle_stage}  # fmt: skip
+            for key, value in got.items():
+                if want[key] != value:
+                    run_problems.append(f"{want['run_id']} {key}: {want[key]!r} → {value!r}")
+            if dict(run.data.params) != want["params"]:
+                run_problems.append(f"{want['run_id']} params differ")
+            for key, points in want["metrics"].items():
+                history = client.get_metric_history(want["run_id"], key)
+                got_points = sorted(([m.step, m.timestamp, _norm(m.value)] for m in history),
+                                    key=lambda m: (m[0], m[1], str(m[2])))  # fmt: skip
+                metric_points += len(got_points)
+                if got_points != points:
+                    run_problems.append(
+                        f"{want['run_id']} metric {key}: {len(points)} points → {len(got_points)}"
+                    )
+        n_runs = len(sample.get("runs", []))
+        checks.append(check("runs read back (ids, times, status, params, metric histories)", not run_problems,
+                            expected=f"{n_runs} sampled runs identical",
+                            found=f"{n_runs} runs, {metric_points} metric points identical" if not run_problems
+                            else "; ".join(run_problems[:5])))  # fmt: skip
+
+        # Registered models, versions, aliases.
+        model_problems: list[str] = []
+        want_versions = {(v["name"], int(v["version"])): v for v in sample.get("model_versions", [])}
+        got_versions: dict[tuple[str, int], Any] = {}
+        got_aliases: set[tuple[str, str, int]] = set()
+        names = [m["name"] for m in sample.get("registered_models", [])]
+        for name in names:
+            try:
+                rm = client.get_registered_model(name)
+            except Exception as exc:
+                model_problems.append(f"model {name}: {type(exc).__name__}")
+                continue
+            want_model = next(m for m in sample["registered_models"] if m["name"] == name)
+            if rm.creation_timestamp != want_model["creation_time"]:
+                model_problems.append(f"model {name} creation time changed")
+            for alias, version in (rm.aliases or {}).items():
+                got_aliases.add((name, alias, int(version)))
+            for mv in client.search_model_versions(f"name = '{name}'"):
+                got_versions[(name, int(mv.version))] = mv
+        for key, want in want_versions.items():
+            mv = got_versions.get(key)
+            if mv is None:
+                model_problems.append(f"{key[0]} v{key[1]} missing")
+                continue
+            if (mv.run_id, mv.source, mv.creation_timestamp) != (
+                want["run_id"],
+                want["source"],
+                want["creation_time"],
+            ):
+                model_problems.append(f"{key[0]} v{key[1]} run/source/creation time changed")
+        extra_versions = set(got_versions) - set(want_versions)
+        if extra_versions:
+            model_problems.append(f"unexpected versions {sorted(extra_versions)[:3]}")
+        want_aliases = {(a["name"], a["alias"], a["version"]) for a in sample.get("aliases", [])}
+        if got_aliases != want_aliases:
+            model_problems.append(f"aliases {sorted(want_aliases)} → {sorted(got_aliases)}")
+        checks.append(check("registered models, versions, aliases read back", not model_problems,
+                            expected=f"{len(names)} models, {len(want_versions)} versions, {len(want_aliases)} aliases",
+                            found="identical" if not model_problems else "; ".join(model_problems[:5])))  # fmt: skip
+
+        # Experiments.
+        want_exps = manifest["backend"]["row_counts"].get("experiments")
+        got_exps = len(client.search_experiments(view_type=ViewType.ALL, max_results=50000))
+        checks.append(check("experiments read back", want_exps == got_exps, expected=str(want_exps),
+                            found=str(got_exps)))  # fmt: skip
+
+        # Artifacts through the proxy.
+        checks.append(_check_artifacts_via_server(client, sample, manifest))
+    return checks
+
+
+def _list_recursive(client: Any, run_id: str, path: str | None = None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for info in client.list_artifacts(run_id, path):
+        if info.is_dir:
+            out.update(_list_recursive(client, run_id, info.path))
+        else:
+            out[info.path] = int(info.file_size or 0)
+    return out
+
+
+def _check_artifacts_via_server(client: Any, sample: Mapping[str, Any], manifest: Mapping[str, Any]) -> Check:
+    objects = manifest["artifacts"]["objects"]
+    problems: list[str] = []
+    checked = downloaded = 0
+    skipped_foreign = 0
+    for run in sample.get("runs", []):
+        prefix = _artifact_prefix(run.get("artifact_uri"))
+        if prefix is None:
+            skipped_foreign += 1
+            continue
+        want = {o["key"][len(prefix) + 1 :]: o for o in objects if o["key"].startswith(prefix + "/")}
+        got = _list_recursive(client, run["run_id"])
+        checked += 1
+        if {k: o["size"] for k, o in want.items()} != got:
+            problems.append(f"{run['run_id']}: {len(want)} artifacts expected, {len(got)} listed")
+            continue
+        if want and downloaded < 3:
+            path, obj = sorted(want.items())[0]
+            with tempfile.TemporaryDirectory(prefix="mlflow-ci-dl-") as tmp:
+                local = client.download_artifacts(run["run_id"], path, tmp)
+                if sha256_file(Path(local)) != obj["sha256"]:
+                    problems.append(f"{run['run_id']}/{path}: checksum differs after download")
+            downloaded += 1
+    found = f"{checked} runs listed, {downloaded} files downloaded, identical"
+    if skipped_foreign:
+        found += f"; {skipped_foreign} runs not on the proxied store were not checked"
+    return check("run artifacts through the artifact proxy", not problems, expected="listing and checksums equal",
+                 found=found if not problems else "; ".join(problems[:5]))  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+
+
+def restore_command(*, source: str | None, backend_store_uri: str | None, artifacts_uri: str | None,
+                    auth_db_uri: str | None, backup_id: str | None, dry_run: bool, server_check: bool,
+                    policy_path: Path | None, report_dir: Path | None, as_json: bool, drill: bool = False) -> int:  # fmt: skip
+    from .cli import emit_json
+    from .server_profile import resolve_ops
+
+    ops = resolve_ops(policy_path, destination=source)
+    if not ops.destination:
+        raise ConfigError("No backup to restore from.", hint="Pass --from DEST or set backup.destination.")
+    with contextlib.ExitStack() as stack:
+        if drill:
+            # A drill never falls back to the profile's (production) stores: throwaway targets only.
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlflow-ci-drill-")))
+            manifest = BackupRepo.open(ops.destination).manifest(backup_id)
+            kind = manifest["backend"]["kind"]
+            backend_store_uri = backend_store_uri or None  # an empty flag (workflow input) means "pick one"
+            if backend_store_uri is None:
+                if kind != "sqlite":
+                    raise ConfigError(
+                        f"A restore drill of a {kind} backup needs --backend-store-uri naming an EMPTY {kind} "
+                        "database (e.g. a service container of the CI job).",
+                    )
+                backend_store_uri = f"sqlite:///{scratch / 'mlflow.db'}"
+            target_backend, target_artifacts = backend_store_uri, artifacts_uri or str(scratch / "artifacts")
+            target_auth = auth_db_uri or (
+                f"sqlite:///{scratch / 'auth.db'}" if ops.server.auth_db_uri else None
+            )
+        else:
+            resolved = resolve_ops(policy_path, backend_store_uri=backend_store_uri, artifacts_uri=artifacts_uri,
+                                   destination=source, auth_db_uri=auth_db_uri)  # fmt: skip
+            target_backend, target_artifacts = resolved.backend_store_uri, resolved.artifacts_uri
+            target_auth = resolved.server.auth_db_uri
+        report = restore_backup(source=ops.destination, backend_store_uri=target_backend,
+                                artifacts_uri=target_artifacts, auth_db_uri=target_auth, backup_id=backup_id,
+                                dry_run=dry_run, server_check=server_check)  # fmt: skip
+        if drill:
+            report.title = f"restore drill of backup {report.data['plan']['backup']}"
+            report.kind = "restore-drill"
+    if report_dir:
+        report.write(report_dir)
+    output.write_step_summary(report.to_markdown())
+    if as_json:
+        emit_json(report.to_dict())
+    elif dry_run:
+        p = report.data["plan"]
+        output.info(
+            f"would restore backup {p['backup']} ({p['created']}, MLflow {p['mlflow_version']}): "
+            f"{p['backend']['rows']} rows in {p['backend']['tables']} tables (schema {p['backend']['schema_revision']}) "
+            f"into {p['backend']['into']}, {p['artifacts']['count']} artifacts ({p['artifacts']['bytes']} bytes) "
+            f"into {p['artifacts']['into']}" + (", and the auth database" if p["auth"] else "") + "."
+        )
+    else:
+        output.info(report.to_markdown())
+    if report.verdict == "fail":
+        raise CheckFailed(
+            f"Restore of backup {report.data['plan']['backup']} did not verify: "
+            + "; ".join(f"{c.name}: {c.found}" for c in report.failures)
+            + ".",
+            hint="The restored stores are left as they are for inspection; drop them before trying again.",
+        )
+    return 0

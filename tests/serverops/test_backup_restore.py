@@ -1,0 +1,359 @@
+"""Backup then restore on every backend, through the real CLI, against real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from fixtures import *  # noqa: F403
+from helpers import populate
+from mlflow_ci.backup import BackupRepo, object_key, take_backup
+from mlflow_ci.tracking import TrackingServer, client_settings
+
+pytestmark = pytest.mark.service
+
+
+def _sqlite(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def _snapshot_via_server(url: str) -> dict:
+    """Everything a user sees through the API: every run (all fields that must survive) and the registry."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    with client_settings(url):
+        client = MlflowClient(url)
+        exps = client.search_experiments(view_type=ViewType.ALL)
+        runs = {}
+        for run in client.search_runs(
+            [e.experiment_id for e in exps], run_view_type=ViewType.ALL, max_results=1000
+        ):
+            history = {k: [(m.step, m.timestamp, m.value) for m in client.get_metric_history(run.info.run_id, k)]
+                       for k in run.data.metrics}  # fmt: skip
+            runs[run.info.run_id] = (run.info.start_time, run.info.end_time, run.info.status,
+                                     run.info.lifecycle_stage, run.info.run_name, dict(run.data.params),
+                                     dict(run.data.tags), history,
+                                     sorted(a.path for a in client.list_artifacts(run.info.run_id, "files")))  # fmt: skip
+        models = {}
+        for rm in client.search_registered_models():
+            full = client.get_registered_model(rm.name)
+            versions = sorted((int(v.version), v.run_id, v.source, v.creation_timestamp, v.model_id)
+                              for v in client.search_model_versions(f"name = '{rm.name}'"))  # fmt: skip
+            models[rm.name] = (full.creation_timestamp, dict(full.aliases), versions)
+    return {"experiments": sorted((e.experiment_id, e.name, e.creation_time) for e in exps), "runs": runs,
+            "models": models}  # fmt: skip
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def backend_pair(request: pytest.FixtureRequest, tmp_path: Path):
+    """(source URI, empty target URI) on one engine."""
+    if request.param == "sqlite":
+        return _sqlite(tmp_path / "src.db"), _sqlite(tmp_path / "restored" / "mlflow.db")
+    factory = request.getfixturevalue("pg_factory" if request.param == "postgresql" else "mysql_factory")
+    return factory(), factory()
+
+
+def test_backup_then_restore_keeps_everything(backend_pair: tuple[str, str], tmp_path: Path) -> None:
+    source_uri, target_uri = backend_pair
+    src_art, dst_art, repo = tmp_path / "src-art", tmp_path / "dst-art", tmp_path / "backups"
+    with TrackingServer(
+        tmp_path / "src", backend_store_uri=source_uri, artifacts_destination=str(src_art)
+    ) as server:
+        info = populate(server.url, runs=5)
+        before = _snapshot_via_server(server.url)
+        done = run_cli("backup", "--backend-store-uri", source_uri, "--artifacts-destination", str(src_art),
+                       "--to", str(repo), "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["artifacts"] == 5
+    assert summary["objects_copied"] == 5
+    manifest = BackupRepo.open(str(repo)).manifest()
+    assert manifest["backend"]["row_counts"]["runs"] == 5
+    assert manifest["backend"]["row_counts"]["model_versions"] == 2
+    assert manifest["backend"]["schema_revision"]
+    assert all(len(o["sha256"]) == 64 for o in manifest["artifacts"]["objects"])
+
+    restored = run_cli("restore", "--from", str(repo), "--backend-store-uri", target_uri,
+                       "--artifacts-destination", str(dst_art), "--json")  # fmt: skip
+    assert restored.returncode == 0, restored.stderr + restored.stdout
+    report = json.loads(restored.stdout)
+    assert report["verdict"] == "pass"
+    assert {c["name"] for c in report["checks"]} >= {
+        "row counts",
+        "runs read back (ids, times, status, params, metric histories)",
+        "registered models, versions, aliases read back",
+    }
+
+    # Independently of the restore's own checks: the restored server shows exactly what the source did.
+    with TrackingServer(
+        tmp_path / "dst", backend_store_uri=target_uri, artifacts_destination=str(dst_art)
+    ) as server:
+        after = _snapshot_via_server(server.url)
+    assert after == before
+    assert set(after["runs"]) == set(info["run_ids"])
+    assert after["models"][info["model"]][1] == {"champion": "2"}
+
+
+def _shared(server: TrackingServer) -> tuple[str, str]:
+    return _sqlite(server.workdir / "mlflow.db"), str(server.workdir / "artifacts")
+
+
+def test_restore_refuses_a_non_empty_backend(tracking_server: TrackingServer, tmp_path: Path) -> None:
+    db, art = _shared(tracking_server)
+    populate(tracking_server.url, runs=2, model=f"refuse_{time.time_ns()}")
+    take_backup(backend_store_uri=db, artifacts_uri=art, destination=str(tmp_path / "bk"))
+    done = run_cli("restore", "--from", str(tmp_path / "bk"), "--backend-store-uri", db,
+                   "--artifacts-destination", str(tmp_path / "empty"))  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Refusing to restore" in done.stderr
+    assert "Traceback" not in done.stderr
+    # A non-empty artifact store is refused too, before anything is written.
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("x")
+    done = run_cli("restore", "--from", str(tmp_path / "bk"), "--backend-store-uri", _sqlite(tmp_path / "new.db"),
+                   "--artifacts-destination", str(tmp_path / "full"))  # fmt: skip
+    assert done.returncode == 2
+    assert "already holds objects" in done.stderr
+    assert not (tmp_path / "new.db").exists()
+
+
+def test_dry_run_says_what_and_writes_nothing(tracking_server: TrackingServer, tmp_path: Path) -> None:
+    db, art = _shared(tracking_server)
+    populate(tracking_server.url, runs=2, model=f"dry_{time.time_ns()}")
+    manifest = take_backup(backend_store_uri=db, artifacts_uri=art, destination=str(tmp_path / "bk"))
+    target = tmp_path / "t" / "mlflow.db"
+    done = run_cli("restore", "--from", str(tmp_path / "bk"), "--backend-store-uri", _sqlite(target),
+                   "--artifacts-destination", str(tmp_path / "t-art"), "--dry-run", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)["data"]["plan"]
+    assert plan["artifacts"]["count"] == manifest["artifacts"]["count"] >= 2
+    assert plan["backend"]["row_counts"] == manifest["backend"]["row_counts"]
+    assert not target.exists()
+    assert not (tmp_path / "t-art").exists()
+
+
+def test_second_backup_is_incremental_and_damage_is_detected(tmp_path: Path) -> None:
+    db, art, repo_dir = tmp_path / "s.db", tmp_path / "art", tmp_path / "bk"
+    with TrackingServer(tmp_path / "src", backend_store_uri=_sqlite(db), artifacts_destination=str(art)) as s:
+        populate(s.url, runs=3)
+        first = take_backup(backend_store_uri=_sqlite(db), artifacts_uri=str(art), destination=str(repo_dir))
+        populate(s.url, runs=2, model="second_model")
+        second = take_backup(backend_store_uri=_sqlite(db), artifacts_uri=str(art), destination=str(repo_dir))
+    assert first["stats"]["copied"] == 3
+    assert second["stats"]["copied"] == 2
+    assert second["stats"]["reused_checksums"] == 3
+    assert second["artifacts"]["count"] == 5
+    assert second["previous"] == first["id"]
+    repo = BackupRepo.open(str(repo_dir))
+    assert repo.latest() == second["id"]
+    assert repo.backup_ids() == sorted([first["id"], second["id"]])
+    # Corrupt one stored object: the restore stops with an infrastructure error naming it.
+    victim = repo_dir / object_key(second["artifacts"]["objects"][0]["sha256"])
+    victim.write_bytes(b"corrupted")
+    done = run_cli("restore", "--from", str(repo_dir), "--backend-store-uri", _sqlite(tmp_path / "r.db"),
+                   "--artifacts-destination", str(tmp_path / "r-art"), "--no-server-check")  # fmt: skip
+    assert done.returncode == 3
+    assert "damaged" in done.stderr
+
+
+def test_prune_keeps_the_newest_and_their_objects(tmp_path: Path) -> None:
+    db, art, repo_dir = tmp_path / "s.db", tmp_path / "art", tmp_path / "bk"
+    with TrackingServer(tmp_path / "src", backend_store_uri=_sqlite(db), artifacts_destination=str(art)) as s:
+        info = populate(s.url, runs=2)
+        take_backup(backend_store_uri=_sqlite(db), artifacts_uri=str(art), destination=str(repo_dir))
+        # An artifact that only the first backup holds goes when that backup is pruned.
+        gone = next(art.rglob("notes_0.txt"))
+        gone.unlink()
+        take_backup(backend_store_uri=_sqlite(db), artifacts_uri=str(art), destination=str(repo_dir))
+        third = take_backup(
+            backend_store_uri=_sqlite(db), artifacts_uri=str(art), destination=str(repo_dir), keep=2
+        )
+    assert info["run_ids"]
+    repo = BackupRepo.open(str(repo_dir))
+    assert len(repo.backup_ids()) == 2
+    assert repo.latest() == third["id"]
+    assert third["pruned"]["objects_removed"] == 1
+    kept = {o["sha256"] for b in repo.backup_ids() for o in repo.manifest(b)["artifacts"]["objects"]}
+    assert kept == repo.object_shas()
+
+
+_LOGGER = r"""
+import sys, tempfile, time
+from pathlib import Path
+from mlflow import MlflowClient
+client = MlflowClient(sys.argv[1])
+exp = client.create_experiment("concurrent")
+tmp = Path(tempfile.mkdtemp())
+deadline = time.time() + 60
+i = 0
+while time.time() < deadline:
+    run = client.create_run(exp)
+    f = tmp / f"payload_{i}.bin"
+    f.write_bytes(b"x" * 4096)
+    client.log_artifact(run.info.run_id, str(f))
+    # The tag comes after the artifact: a run that has it must have its artifact.
+    client.set_tag(run.info.run_id, "artifact_done", "1")
+    client.set_terminated(run.info.run_id)
+    i += 1
+    print("RUN", i, flush=True)
+"""
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_backup_while_logging_restores_consistently(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if engine == "sqlite":
+        src_uri, dst_uri = _sqlite(tmp_path / "s.db"), _sqlite(tmp_path / "d.db")
+    else:
+        factory = request.getfixturevalue("pg_factory")
+        src_uri, dst_uri = factory(), factory()
+    art, repo = tmp_path / "art", tmp_path / "bk"
+    with TrackingServer(tmp_path / "src", backend_store_uri=src_uri, artifacts_destination=str(art)) as s:
+        logger = subprocess.Popen([sys.executable, "-c", _LOGGER, s.url], stdout=subprocess.PIPE, text=True,
+                                  env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})  # fmt: skip
+        try:
+            assert logger.stdout is not None
+            while True:  # wait until runs are flowing
+                line = logger.stdout.readline()
+                assert line, "the logger process died"
+                if line.startswith("RUN ") and int(line.split()[1]) >= 3:
+                    break
+            manifest = take_backup(backend_store_uri=src_uri, artifacts_uri=str(art), destination=str(repo))
+            assert logger.poll() is None, "the logger must still be writing when the backup ends"
+        finally:
+            logger.terminate()
+            logger.wait(10)
+    from mlflow_ci.restore import restore_backup
+
+    report = restore_backup(
+        source=str(repo), backend_store_uri=dst_uri, artifacts_uri=str(tmp_path / "d-art")
+    )
+    assert report.verdict == "pass", report.to_markdown()
+    # No run in the restored database points at a missing artifact.
+    from mlflow import MlflowClient
+
+    with TrackingServer(
+        tmp_path / "dst", backend_store_uri=dst_uri, artifacts_destination=str(tmp_path / "d-art")
+    ) as d:
+        client = MlflowClient(d.url)
+        with client_settings(d.url):
+            exp = client.get_experiment_by_name("concurrent")
+            runs = client.search_runs([exp.experiment_id], "tags.artifact_done = '1'", max_results=1000)
+            assert len(runs) >= 3
+            for run in runs:
+                assert [a.path for a in client.list_artifacts(run.info.run_id)], run.info.run_id
+    assert manifest["backend"]["row_counts"]["runs"] >= len(runs)
+
+
+def test_killed_backup_leaves_the_last_good_one_usable(tmp_path: Path) -> None:
+    db, art, repo_dir = tmp_path / "s.db", tmp_path / "art", tmp_path / "bk"
+    with TrackingServer(tmp_path / "src", backend_store_uri=_sqlite(db), artifacts_destination=str(art)) as s:
+        populate(s.url, runs=2)
+    good = take_backup(backend_store_uri=_sqlite(db), artifacts_uri=str(art), destination=str(repo_dir))
+    # Plenty of new artifact bytes so the second backup is still copying when it is killed.
+    bulk = art / "bulk"
+    bulk.mkdir()
+    for i in range(400):
+        (bulk / f"blob_{i}.bin").write_bytes(os.urandom(256 * 1024))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mlflow_ci", "backup", "--backend-store-uri", _sqlite(db), "--artifacts-destination",
+         str(art), "--to", str(repo_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        partial = repo_dir / "backups"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            dumps = list(partial.glob(".partial-*/backend.sqlite"))
+            if dumps and len(list((repo_dir / "objects").rglob("*"))) > 20:
+                break
+            time.sleep(0.005)
+        os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(10)
+    repo = BackupRepo.open(str(repo_dir))
+    assert repo.backup_ids() == [good["id"]], "the killed backup must not look complete"
+    assert (repo_dir / "latest").read_text().strip() == good["id"]
+    assert list(partial.glob(".partial-*")), (
+        "the kill landed after the backup finished; the test proved nothing"
+    )
+    done = run_cli("restore", "--from", str(repo_dir), "--backend-store-uri", _sqlite(tmp_path / "r.db"),
+                   "--artifacts-destination", str(tmp_path / "r-art"), "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["data"]["plan"]["backup"] == good["id"]
+    # The next backup clears the leftovers and completes.
+    again = take_backup(backend_store_uri=_sqlite(db), artifacts_uri=str(art), destination=str(repo_dir))
+    assert not list(partial.glob(".partial-*"))
+    assert again["artifacts"]["count"] == 402
+
+
+def test_restore_drill_uses_throwaway_stores_never_the_profiles(
+    tracking_server: TrackingServer, tmp_path: Path
+) -> None:
+    db, art = _shared(tracking_server)
+    populate(tracking_server.url, runs=2, model=f"drill_{time.time_ns()}")
+    policy = tmp_path / "mlflow-ci.yaml"
+    policy.write_text(
+        f"project: p\nserver:\n  backend_store_uri: {db}\n  artifacts_destination: {art}\n"
+        f"backup:\n  destination: {tmp_path / 'bk'}\n"
+    )
+    assert run_cli("backup", "--policy", str(policy)).returncode == 0
+    done = run_cli(
+        "restore", "--drill", "--policy", str(policy), "--json", "--report-dir", str(tmp_path / "rep")
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["kind"] == "restore-drill"
+    assert report["verdict"] == "pass"
+    assert db not in report["data"]["plan"]["backend"]["into"]
+    assert (tmp_path / "rep" / "restore-drill.md").exists()
+
+
+def test_auth_database_is_backed_up_and_restored(tmp_path: Path) -> None:
+    """MLflow's basic-auth users live in their own database: a restore brings them back."""
+    import requests
+
+    pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs Flask-WTF")
+
+    def ini(auth_db: str) -> Path:
+        path = tmp_path / f"auth-{time.time_ns()}.ini"
+        path.write_text(
+            "[mlflow]\ndefault_permission = READ\n"
+            f"database_uri = {auth_db}\nadmin_username = admin\nadmin_password = admin-password-1234\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        return path
+
+    src_auth, dst_auth = _sqlite(tmp_path / "auth.db"), _sqlite(tmp_path / "restored-auth.db")
+    db, art = _sqlite(tmp_path / "src.db"), tmp_path / "art"
+    args = ["--app-name", "basic-auth"]
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini(src_auth)), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret"}
+    with TrackingServer(tmp_path / "src", backend_store_uri=db, artifacts_destination=str(art), extra_args=args,
+                        env=env) as server:  # fmt: skip
+        made = requests.post(f"{server.url}/api/2.0/mlflow/users/create", auth=("admin", "admin-password-1234"),
+                             json={"username": "alice", "password": "alice-password-1234"}, timeout=30)  # fmt: skip
+        assert made.status_code == 200, made.text
+    done = run_cli("backup", "--backend-store-uri", db, "--artifacts-destination", str(art), "--auth-db-uri",
+                   src_auth, "--to", str(tmp_path / "bk"), "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["auth_database"] is True
+    restored = run_cli("restore", "--from", str(tmp_path / "bk"), "--backend-store-uri", _sqlite(tmp_path / "d.db"),
+                       "--artifacts-destination", str(tmp_path / "d-art"), "--auth-db-uri", dst_auth, "--json")  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    checks = {c["name"]: c for c in json.loads(restored.stdout)["checks"]}
+    assert checks["auth database row counts"]["verdict"] == "pass"
+    env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini(dst_auth))
+    with TrackingServer(tmp_path / "dst", backend_store_uri=_sqlite(tmp_path / "d.db"),
+                        artifacts_destination=str(tmp_path / "d-art"), extra_args=args, env=env) as server:  # fmt: skip
+        url = f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert requests.get(url, auth=("alice", "alice-password-1234"), timeout=30).status_code == 200
+        assert requests.get(url, auth=("alice", "wrong-password-0000"), timeout=30).status_code == 401
