@@ -1,10 +1,10 @@
 """The task runner. CI calls these sessions, so a local run is the same as a CI run.
 
-    nox -s demo     the main job on the embedded default server (no services needed)
-    nox -s tests    the test suite
-    nox -s lint     ruff, format check, workflow linters (actionlint, zizmor, JSON schema)
-    nox -s smoke    mlflow-ci smoke on the example project (args after -- go to the CLI)
-    nox -s bench    benchmarks, each compared with a baseline in the same run
+nox -s demo     the main job on the embedded default server (no services needed)
+nox -s tests    the test suite
+nox -s lint     ruff, format check, workflow linters (actionlint, zizmor, JSON schema)
+nox -s smoke    mlflow-ci smoke on the example project (args after -- go to the CLI)
+nox -s bench    benchmarks, each compared with a baseline in the same run
 """
 
 from __future__ import annotations
