@@ -31,7 +31,7 @@ from .errors import CheckFailed, ConfigError, MlflowCiError
 from .fsutil import atomic_write_json
 from .modelref import fetch, resolve
 from .policy import Deploy
-from .registry import Connection, aliases, connect, load_command_policy
+from .registry import Connection, aliases, connect, get_version, load_command_policy
 from .report import Report, check
 from .servecheck import record_verdict, run_checks
 
@@ -79,6 +79,7 @@ def deploy_command(
         kind="deploy", title=f"{name}@{alias} (v{version}) on {chosen.name}", tracking_uri=conn.server
     )
     report.run_url = conn.version_url(name, version)
+    report.run_id = get_version(conn, name, version).run_id
     state_file = state_path(settings, name, chosen.name)
     _stop_recorded(chosen, state_file, report)
 

@@ -363,7 +363,7 @@ def remove_tags(client: Any, refs: Iterable[str]) -> list[str]:
         try:
             client.images.remove(ref)
             removed.append(ref)
-        except docker.errors.ImageNotFound:
+        except docker.errors.NotFound:
             continue
     return removed
 

@@ -178,7 +178,7 @@ def _from_version(conn: Connection, uri: str, mv: Any, env: Mapping[str, str]) -
         uri=f"models:/{mv.name}/{mv.version}",
         name=mv.name,
         version=str(mv.version),
-        model_id=getattr(mv, "model_id", None),
+        model_id=getattr(mv, "model_id", None) or _model_id_in(getattr(mv, "source", "") or ""),
         run_id=mv.run_id,
         git_commit=commit,
         tracking_uri=conn.server,
@@ -210,6 +210,12 @@ def _resolve_model_id(conn: Connection, uri: str, model_id: str, env: Mapping[st
         git_commit=_commit(run_tags, env),
         tracking_uri=conn.server,
     )
+
+
+def _model_id_in(source: str) -> str | None:
+    """MLflow 3 records the logged model as the version's source (``models:/m-...``)."""
+    m = re.match(r"^models:/(m-[0-9a-f]+)$", source)
+    return m.group(1) if m else None
 
 
 def _commit(run_tags: Mapping[str, str], env: Mapping[str, str]) -> str:
