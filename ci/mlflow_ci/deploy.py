@@ -16,6 +16,7 @@ it failed (whether or not the rollback worked: the report says).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -121,6 +122,8 @@ def deploy_command(
         else:
             chosen.stop(deployment)
             shutil.rmtree(state_file.parent / chosen.name, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                state_file.parent.rmdir()  # only when empty: another target's record stays
             report.notes.append(f"Stopped v{outcome['version']} after the check (--stop).")
     report.data.update(outcome)
     output.set_output("url", str(outcome.get("url", "")))
