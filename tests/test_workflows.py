@@ -43,8 +43,10 @@ def write(tmp_path: Path, text: str, name: str = "bad.yml") -> Path:
     return path
 
 
-def test_the_three_workflows_exist() -> None:
-    assert {p.name for p in FILES} == {"pr-checks.yml", "self-test.yml", "ci.yml"}
+def test_the_workflows_exist() -> None:
+    assert {p.name for p in FILES} == {
+        "pr-checks.yml", "self-test.yml", "ci.yml", "release.yml", "rollback.yml", "deploy.yml"
+    }  # fmt: skip
 
 
 # --- the linters -------------------------------------------------------------------------------
