@@ -260,9 +260,20 @@ class DockerContainer:
         return container.logs(tail=lines).decode("utf-8", errors="replace")
 
     def stop(self, deployment: Deployment) -> None:
-        container = self._container(deployment)
-        if container is not None:
-            container.remove(force=True)
+        import docker
+        import requests
+
+        try:
+            container = self._container(deployment)
+            if container is not None:
+                container.remove(force=True)
+        except (InfraError, docker.errors.DockerException, requests.RequestException) as exc:
+            # The engine went away under us (a restarted podman service): say what is left.
+            name = deployment.handle.get("name") or deployment.handle.get("container_id")
+            output.warning(
+                f"could not remove container {name} ({type(exc).__name__}: {str(exc)[:200]}); "
+                f"remove it with `podman rm -f {name}` (or `docker rm -f {name}`)."
+            )
 
 
 TARGETS: dict[str, DeployTarget] = {t.name: t for t in (LocalServe(), DockerContainer())}

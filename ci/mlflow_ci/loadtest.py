@@ -90,6 +90,18 @@ def is_loopback(url: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
 
 
+def _connect(host: str, port: int, timeout: float) -> http.client.HTTPConnection:
+    """A keep-alive connection with Nagle off, so small requests are not held for delayed ACKs."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.connect()
+        if conn.sock is not None:
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        conn.close()  # the request below reconnects and reports the error as a failed request
+    return conn
+
+
 def run_load(
     url: str,
     body: bytes,
@@ -133,7 +145,7 @@ def run_load(
                     stopped_by_time.set()
                     return
                 if conn is None:
-                    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+                    conn = _connect(host, port, timeout)
                 t0 = time.perf_counter()
                 try:
                     conn.request(method, path, body=body, headers=headers)
