@@ -15,10 +15,10 @@ from typing import ClassVar
 import pytest
 from mlflow_ci.errors import ConfigError, PolicyError
 from mlflow_ci.images import cache_tag, labels, normalize, registry_auth, repository, split_ref, tag_names
-from mlflow_ci.loadtest import is_loopback, run_load
+from mlflow_ci.loadtest import LoadResult, is_loopback, run_load
 from mlflow_ci.modelref import LocalModel, ModelRef
-from mlflow_ci.policy import ImageSettings, ServeCheckSettings, load_policy
-from mlflow_ci.servecheck import batch_payload, compare, missing_column_payload
+from mlflow_ci.policy import Budgets, ImageSettings, ServeCheckSettings, load_policy
+from mlflow_ci.servecheck import batch_payload, compare, kind_of, load_checks, missing_column_payload
 
 # --- comparing answers ----------------------------------------------------------------------
 
@@ -247,3 +247,44 @@ def test_deploy_policy_rejects_unknown_targets_and_keys(tmp_path: Path) -> None:
     assert loaded.policy.deploy.check.budgets.p95_ms == 20
     assert loaded.source_of("deploy.check.budgets.p95_ms") == "env MLFLOW_CI__DEPLOY__CHECK__BUDGETS__P95_MS"
     assert json.loads(json.dumps(loaded.policy.model_dump(mode="json")))["deploy"]["target"] == "local"
+
+
+# --- budgets ---------------------------------------------------------------------------------
+
+
+def _result(latencies: list[float], *, sent: int, stopped: bool = False) -> LoadResult:
+    ok = len(latencies)
+    return LoadResult(requested=100, concurrency=2, max_seconds=10, sent=sent, ok=ok, wall_seconds=2.0,
+                      stopped_by_time=stopped, statuses={"200": ok, "400": sent - ok},
+                      latencies_ms=latencies, first_error="400" if sent > ok else "")  # fmt: skip
+
+
+def test_budgets_decide_the_load_checks() -> None:
+    settings = ServeCheckSettings(budgets=Budgets(p50_ms=10, p95_ms=50, p99_ms=None, min_throughput_rps=40))
+    fast = {c.name: c for c in load_checks(_result([5.0] * 100, sent=100), settings)}
+    assert {n: c.verdict for n, c in fast.items()} == {
+        "load test ran to the end": "pass", "error rate": "pass", "p50 latency": "pass",
+        "p95 latency": "pass", "p99 latency": "pass", "throughput": "pass",
+    }  # fmt: skip
+    assert fast["throughput"].found == "50.0 req/s"
+    slow = {c.name: c for c in load_checks(_result([5.0] * 90 + [80.0] * 10, sent=100), settings)}
+    assert slow["p50 latency"].verdict == "pass"
+    assert slow["p95 latency"].verdict == "fail"
+    assert slow["p95 latency"].found == "80.0 ms"
+    failing = {c.name: c for c in load_checks(_result([5.0] * 60, sent=80, stopped=True), settings)}
+    assert failing["load test ran to the end"].verdict == "warn"  # advisory: the time bound hit
+    assert failing["error rate"].verdict == "fail"
+    assert "20 of 80" in failing["error rate"].found
+    assert failing["throughput"].verdict == "fail"  # 30 req/s < 40
+    none = {c.name: c for c in load_checks(_result([], sent=10), settings)}
+    assert none["p50 latency"].found == "no successful request"
+    assert none["p99 latency"].verdict == "fail"  # no budget, but no answer either
+
+
+@pytest.mark.parametrize(
+    ("target", "kind"),
+    [("http://127.0.0.1:5001", "url"), ("models:/m@champion", "model"), ("runs:/abc/model", "model"),
+     ("localhost:5000/team/model:v3", "image"), ("model:v1", "image")],
+)  # fmt: skip
+def test_what_serve_check_is_pointed_at(target: str, kind: str) -> None:
+    assert kind_of(target) == kind
