@@ -558,6 +558,10 @@ def _image_labels(image: str) -> dict[str, str]:
 def _lineage_check(labels: Mapping[str, str], ref: ModelRef) -> Check:
     claimed = labels.get("io.mlflow-ci.model.uri")
     run = labels.get("io.mlflow-ci.run-id")
+    if not claimed:
+        # Built outside mlflow-ci (e.g. `mlflow models build-docker`): nothing to contradict.
+        return check("image lineage", False, advisory=True, expected=f"labels name {ref.uri}",
+                     found="no io.mlflow-ci.* labels", detail="Build with `mlflow-ci build-image` to label it.")  # fmt: skip
     ok = claimed == ref.uri and (not ref.run_id or run == ref.run_id)
     return check(
         "image lineage",
