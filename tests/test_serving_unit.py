@@ -18,7 +18,14 @@ from mlflow_ci.images import cache_tag, labels, normalize, registry_auth, reposi
 from mlflow_ci.loadtest import LoadResult, is_loopback, run_load
 from mlflow_ci.modelref import LocalModel, ModelRef
 from mlflow_ci.policy import Budgets, ImageSettings, ServeCheckSettings, load_policy
-from mlflow_ci.servecheck import batch_payload, compare, kind_of, load_checks, missing_column_payload
+from mlflow_ci.servecheck import (
+    _lineage_check,
+    batch_payload,
+    compare,
+    kind_of,
+    load_checks,
+    missing_column_payload,
+)
 
 # --- comparing answers ----------------------------------------------------------------------
 
@@ -288,3 +295,12 @@ def test_budgets_decide_the_load_checks() -> None:
 )  # fmt: skip
 def test_what_serve_check_is_pointed_at(target: str, kind: str) -> None:
     assert kind_of(target) == kind
+
+
+def test_image_lineage_check() -> None:
+    ref = ModelRef("models:/w@champion", "models:/w/3", "w", version="3", run_id="a" * 32)
+    same = {"io.mlflow-ci.model.uri": "models:/w/3", "io.mlflow-ci.run-id": "a" * 32}
+    assert _lineage_check(same, ref).verdict == "pass"
+    assert _lineage_check({**same, "io.mlflow-ci.model.uri": "models:/w/2"}, ref).verdict == "fail"
+    assert _lineage_check({**same, "io.mlflow-ci.run-id": "b" * 32}, ref).verdict == "fail"
+    assert _lineage_check({}, ref).verdict == "warn"  # built outside mlflow-ci: nothing to contradict
