@@ -69,8 +69,11 @@ def require_reachable(uri: str, *, attempts: int = 3, delay: float = 1.0) -> Non
     )
 
 
-# Inherited from a caller, these would silently attach a child to someone else's experiment or run.
-CALLER_RUN_CONTEXT = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+# Inherited from a caller, these would silently attach a child to someone else's experiment or run,
+# or (UV_*: set by nox's uv backend) make `uv pip install` fill the caller's venv, not the project's.
+CALLER_RUN_CONTEXT = (
+    "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "UV_PYTHON", "UV_PROJECT_ENVIRONMENT",
+)  # fmt: skip
 
 
 def client_env(tracking_uri: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
