@@ -33,11 +33,18 @@ def _install(session: nox.Session, *extras: str) -> None:
     session.install("-e", spec)
 
 
-def _env() -> dict[str, str]:
-    """Environment shared by sessions: a persistent cache for project environments."""
+def _env() -> dict[str, str | None]:
+    """Environment shared by sessions: a persistent cache for project environments.
+
+    nox's uv backend exports UV_PYTHON and UV_PROJECT_ENVIRONMENT pointing at the session's venv;
+    inherited by `mlflow run --env-manager uv`, they make `uv pip install` fill the session's venv
+    instead of the project's env (None removes a variable for the command).
+    """
     return {
         "MLFLOW_ENV_ROOT": os.environ.get("MLFLOW_ENV_ROOT", str(ROOT / ".nox" / "_mlflow_envs")),
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "UV_PYTHON": None,
+        "UV_PROJECT_ENVIRONMENT": None,
     }
 
 

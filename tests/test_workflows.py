@@ -52,6 +52,7 @@ def test_the_workflows_exist() -> None:
         "rollback.yml",
         "self-test-release.yml",
         "server-ops.yml",
+        "deploy.yml",
     }
     assert expected <= {p.name for p in FILES}
 
@@ -403,7 +404,7 @@ def test_self_test_release_releases_twice_rolls_back_and_checks() -> None:
         job = jobs[f"release-{n}"]
         assert job["uses"] == "$/.github/workflows/release.yml"
         assert job.get("needs") == needs
-        assert job["with"] == {**common, "env-manager": "local", "artifact-suffix": f"-{n}"}
+        assert job["with"] == {**common, "env-manager": "local", "artifact-suffix": f"-{n}", "build-image": False}
         assert job["secrets"] == secrets
     rollback = jobs["rollback"]
     assert rollback["uses"] == "$/.github/workflows/rollback.yml"

@@ -2,8 +2,10 @@
 
 Starts a tracking server in ``.mlflow-ci/demo`` and runs what CI runs: the PR smoke check of the
 example project, then the release (train with full parameters, gate against the champion,
-register, promote to challenger and, approved, to champion) and a verification of the audit
-trail.  Reports land in ``.mlflow-ci/demo/reports``.
+register, promote to challenger, serve-check the challenger, promote it, approved, to champion),
+the deployment of the champion with the embedded default target (``local``: ``mlflow models
+serve``, no container engine) and its post-deploy check, stopped afterwards, and a verification
+of the audit trail.  Reports land in ``.mlflow-ci/demo/reports``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import click
 from . import output, tracking
 from .audit import audit_command
 from .conventions import finish
+from .deploy import deploy_command
 from .errors import ConfigError
 from .gates import gate_command
 from .promotion import promote
 from .register import register_command
+from .servecheck import serve_check_command
 from .smoke import load_project_policy, run_smoke
 from .train import train_run
 
@@ -56,7 +60,8 @@ def demo(*, project: Path, workdir: Path, env_manager: str | None, keep: bool) -
     lines = [f"  {'ok ' if code == 0 else 'FAIL'} {name}" for name, code in steps]
     click.echo("\n".join(["", "Demo summary:", *lines]))
     click.echo(f"\nDemo {'FAILED at ' + failed[0] if failed else 'passed'}. Reports: {reports} "
-               f"(smoke, gate, promote: .md/.json/.html); server data: {workdir / 'server'}")  # fmt: skip
+               f"(smoke, gate, promote, serve-check, deploy: .md/.json/.html); server data: "
+               f"{workdir / 'server'}")  # fmt: skip
     return next((code for _, code in steps if code != 0), 0)
 
 
@@ -76,11 +81,26 @@ def release(*, project: Path, policy_path: Path, tracking_uri: str, reports: Pat
         ("release: register", register_command(run_id=run_id, project_dir=project, env=DEMO_ACTOR, **common))
     )
     for alias, approver in (("challenger", None), ("champion", "demo-approver")):
+        if alias == "champion":
+            # The challenger must answer like itself when served before it may become champion.
+            model = policy.registry.model_name or policy.project
+            code = serve_check_command(target=f"models:/{model}@challenger", deploy_target="local",
+                                       report_dir=reports, env=DEMO_ACTOR, **common)  # fmt: skip
+            steps.append(("release: serve-check the challenger (mlflow models serve)", code))
+            if code != 0:
+                return steps
         code = promote(model=None, to=alias, approved_by=approver, reason="demo release", report_dir=reports,
                        env=DEMO_ACTOR, **common)  # fmt: skip
         steps.append((f"release: promote to {alias}", code))
         if code != 0:
             return steps
+    # Serve, check, report, stop: the demo leaves nothing running.
+    code = deploy_command(
+        model=None, target="local", keep=False, report_dir=reports, env=DEMO_ACTOR, **common
+    )
+    steps.append(("deploy: the champion serves locally, post-deploy check, stopped", code))
+    if code != 0:
+        return steps
     steps.append(
         (
             "release: audit trail verifies",

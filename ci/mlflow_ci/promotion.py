@@ -38,7 +38,7 @@ from .registry import (
     mlflow_errors,
     previous_tag,
 )
-from .report import Report, check
+from .report import Check, Report, check
 
 
 @dataclass(frozen=True)
@@ -210,6 +210,21 @@ def _v(version: str | None) -> str:
     return f"v{version}" if version else "none (first model)"
 
 
+def serve_check_passed(mv: Any) -> Check:
+    """``require_serve_check``: the version carries a passed ``mlflow-ci serve-check`` (deploy branch)."""
+    from .servecheck import SUBJECT_TAG, VERDICT_TAG
+
+    verdict = (mv.tags or {}).get(VERDICT_TAG)
+    subject = (mv.tags or {}).get(SUBJECT_TAG, "")
+    return check(
+        "serve check passed",
+        verdict == "pass",
+        expected="a passed `mlflow-ci serve-check` of this version",
+        found=f"{verdict} ({subject})" if verdict else "never serve-checked",
+        detail=f"Run `mlflow-ci serve-check models:/{mv.name}/{mv.version}` (or of its image) first.",
+    )
+
+
 def promote(
     *,
     model: str | None,
@@ -267,6 +282,8 @@ def promote(
         )
     )
     gate_checks(conn, policy, rule, model=name, alias=to, mv=mv, current_target=expected_from, report=report)
+    if rule.require_serve_check:
+        report.add(serve_check_passed(mv))
     if rule.approval:
         report.add(
             check(

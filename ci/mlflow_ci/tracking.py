@@ -73,9 +73,13 @@ def require_reachable(uri: str, *, attempts: int = 3, delay: float = 1.0) -> Non
 
 
 # Inherited from the caller, these would silently attach a child to someone else's experiment or
-# run, or (VIRTUAL_ENV, set by nox and activated venvs) make `uv pip install` put a project's or a
-# model's requirements into the caller's own environment instead of the one MLflow just created.
-CALLER_CONTEXT = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "VIRTUAL_ENV")
+# run, or (VIRTUAL_ENV from an activated venv; UV_PYTHON and UV_PROJECT_ENVIRONMENT from nox's uv
+# backend) make `uv pip install` put a project's or a model's requirements into the caller's own
+# environment instead of the one MLflow just created.
+CALLER_CONTEXT = (
+    "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID",
+    "VIRTUAL_ENV", "UV_PYTHON", "UV_PROJECT_ENVIRONMENT",
+)  # fmt: skip
 
 
 def client_env(tracking_uri: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
