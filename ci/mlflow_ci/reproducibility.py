@@ -7,8 +7,6 @@ import re
 import subprocess
 from pathlib import Path
 
-import mlflow
-
 TAG_PREFIX = "mlflow_ci."
 
 
@@ -62,6 +60,8 @@ def lock_hash(project: Path) -> str:
 
 
 def facts(project: Path, *, python_version: str, env_manager: str) -> dict[str, str]:
+    import mlflow
+
     return {
         f"{TAG_PREFIX}git_commit": git_commit(project),
         f"{TAG_PREFIX}lock_hash": lock_hash(project),
