@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -81,13 +80,9 @@ def run_smoke(
     )
     report.data.update({"experiment": experiment, "parameters": parameters, "env_manager": manager.name})
 
-    # Importing MLflow takes seconds; do it while the entry point runs, not before.
-    warm = threading.Thread(target=_import_mlflow, name="import-mlflow", daemon=True)
-    warm.start()
     ran = run_project(project, entry_point=settings.entry_point, parameters=parameters, env_manager=manager.name,
                       experiment=experiment, tracking_uri=tracking_uri, timeout=settings.timeout)  # fmt: skip
     out, run_id = ran.output, ran.run_id
-    warm.join()
     from mlflow import MlflowClient
     from mlflow.entities import RunTag
 
@@ -178,9 +173,3 @@ def _example_rows(payload: dict[str, Any]) -> int | None:
         if isinstance(payload.get(key), list):
             return len(payload[key])
     return None
-
-
-def _import_mlflow() -> None:
-    import mlflow.artifacts
-    import mlflow.models
-    import mlflow.models.flavor_backend_registry  # noqa: F401
