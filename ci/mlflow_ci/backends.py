@@ -363,8 +363,31 @@ def _major(version_text: str) -> int | None:
 # PostgreSQL
 
 
+class _ServerReads:
+    """Row counts, schema revision and the read-back sample, shared by the server engines; each
+    engine supplies ``_with_conn(fn)`` (fn gets a connection and the MLflow tables) and ``QUOTE``."""
+
+    QUOTE: ClassVar[str] = '"'
+
+    def _with_conn(self, fn: Any) -> Any:  # pragma: no cover - every engine overrides it
+        raise NotImplementedError
+
+    def row_counts(self) -> dict[str, int]:
+        return self._with_conn(lambda conn, tables: _count_rows(conn, tables, self.QUOTE))  # type: ignore[no-any-return]
+
+    def schema_revision(self) -> str | None:
+        return self._with_conn(_revision)  # type: ignore[no-any-return]
+
+    def read_sample(
+        self, run_ids: list[str] | None = None, *, sample_runs: int = SAMPLE_RUNS
+    ) -> dict[str, Any]:
+        return self._with_conn(  # type: ignore[no-any-return]
+            lambda conn, tables: read_sample(conn, tables, run_ids=run_ids, sample_runs=sample_runs)
+        )
+
+
 @dataclass
-class PostgresBackend:
+class PostgresBackend(_ServerReads):
     uri: str
     kind: ClassVar[str] = "postgresql"
     dump_suffix: ClassVar[str] = ".pgdump"
@@ -472,19 +495,6 @@ class PostgresBackend:
         finally:
             engine.dispose()
 
-    def row_counts(self) -> dict[str, int]:
-        return self._with_conn(lambda conn, tables: _count_rows(conn, tables, '"'))  # type: ignore[no-any-return]
-
-    def schema_revision(self) -> str | None:
-        return self._with_conn(_revision)  # type: ignore[no-any-return]
-
-    def read_sample(
-        self, run_ids: list[str] | None = None, *, sample_runs: int = SAMPLE_RUNS
-    ) -> dict[str, Any]:
-        return self._with_conn(  # type: ignore[no-any-return]
-            lambda conn, tables: read_sample(conn, tables, run_ids=run_ids, sample_runs=sample_runs)
-        )
-
     def drop_all(self) -> None:
         from sqlalchemy import text
 
@@ -537,7 +547,9 @@ _ALEMBIC_RE = re.compile(r"^INSERT INTO `alembic_version` VALUES\s*\('([^']+)'\)
 
 
 @dataclass
-class MysqlBackend:
+class MysqlBackend(_ServerReads):
+    QUOTE: ClassVar[str] = "`"
+
     uri: str
     kind: ClassVar[str] = "mysql"
     dump_suffix: ClassVar[str] = ".sql"
@@ -637,19 +649,6 @@ class MysqlBackend:
                 return fn(conn, tables)
         finally:
             engine.dispose()
-
-    def row_counts(self) -> dict[str, int]:
-        return self._with_conn(lambda conn, tables: _count_rows(conn, tables, "`"))  # type: ignore[no-any-return]
-
-    def schema_revision(self) -> str | None:
-        return self._with_conn(_revision)  # type: ignore[no-any-return]
-
-    def read_sample(
-        self, run_ids: list[str] | None = None, *, sample_runs: int = SAMPLE_RUNS
-    ) -> dict[str, Any]:
-        return self._with_conn(  # type: ignore[no-any-return]
-            lambda conn, tables: read_sample(conn, tables, run_ids=run_ids, sample_runs=sample_runs)
-        )
 
     def drop_all(self) -> None:
         from sqlalchemy import text
