@@ -135,3 +135,9 @@ def test_published_schema_matches_the_models() -> None:
 def test_example_policy_is_valid() -> None:
     loaded = load_policy(ROOT / "example_project" / "mlflow-ci.yaml", env={})
     assert loaded.policy.project == "example"
+
+
+def test_bad_placeholder_pattern_is_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, "project: churn\nnaming:\n  placeholders:\n    team: '[a-z'\n")
+    with pytest.raises(PolicyError, match=r"placeholder 'team'.*not a valid regular expression"):
+        load_policy(path, env={})

@@ -52,6 +52,18 @@ DEFAULT_PLACEHOLDERS: dict[str, str] = {
 }
 
 
+def _check_regexes(value: dict[str, str], what: str) -> dict[str, str]:
+    """Every value must compile as a regular expression; the error names the key and the regex."""
+    for key, pattern in value.items():
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(
+                f"{what} {key!r}: {pattern!r} is not a valid regular expression ({exc})"
+            ) from None
+    return value
+
+
 class Naming(_Model):
     """Naming conventions. ``{placeholder}`` stands for a pattern; ``{project}`` is the project name."""
 
@@ -66,14 +78,7 @@ class Naming(_Model):
     @field_validator("placeholders")
     @classmethod
     def _regexes_compile(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, pattern in value.items():
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(
-                    f"placeholder {key!r}: {pattern!r} is not a valid regular expression ({exc})"
-                ) from None
-        return value
+        return _check_regexes(value, "placeholder")
 
     @model_validator(mode="after")
     def _templates_known(self) -> Naming:
@@ -123,14 +128,7 @@ class Tags(_Model):
     @field_validator("patterns")
     @classmethod
     def _regexes_compile(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, pattern in value.items():
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(
-                    f"tag {key!r}: {pattern!r} is not a valid regular expression ({exc})"
-                ) from None
-        return value
+        return _check_regexes(value, "tag")
 
 
 class Smoke(_Model):
