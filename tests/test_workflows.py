@@ -404,7 +404,12 @@ def test_self_test_release_releases_twice_rolls_back_and_checks() -> None:
         job = jobs[f"release-{n}"]
         assert job["uses"] == "$/.github/workflows/release.yml"
         assert job.get("needs") == needs
-        assert job["with"] == {**common, "env-manager": "local", "artifact-suffix": f"-{n}", "build-image": False}
+        assert job["with"] == {
+            **common,
+            "env-manager": "local",
+            "artifact-suffix": f"-{n}",
+            "build-image": False,
+        }
         assert job["secrets"] == secrets
     rollback = jobs["rollback"]
     assert rollback["uses"] == "$/.github/workflows/rollback.yml"
