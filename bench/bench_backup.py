@@ -172,15 +172,15 @@ def migration_bin() -> Path | None:
     if (bin_dir / "mlflow-migration-export-experiment").exists():
         return bin_dir
     python = None
-    for candidate in ("python3.12", "python3.13"):
-        found = shutil.which(candidate)
-        if found:
-            python = found
-            break
     pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    for v in sorted(pyenv_root.glob("versions/3.1[23]*")):
-        if python is None and (v / "bin" / "python").exists():
-            python = str(v / "bin" / "python")
+    # pyenv's installed interpreters first: its `python3.12` shim is on PATH even when that
+    # version is not selected, and then fails with exit 127.
+    candidates = [str(v / "bin" / "python") for v in sorted(pyenv_root.glob("versions/3.1[23]*"))]
+    candidates += [found for name in ("python3.12", "python3.13") if (found := shutil.which(name))]
+    for candidate in candidates:
+        if _runs_python_312(candidate):
+            python = candidate
+            break
     if python is None:
         return None
     subprocess.run([python, "-m", "venv", str(MIGRATION_VENV)], check=True)
@@ -190,6 +190,15 @@ def migration_bin() -> Path | None:
         print(f"mlflow-migration could not be installed:\n{done.stderr[-2000:]}", file=sys.stderr)
         return None
     return bin_dir
+
+
+def _runs_python_312(python: str) -> bool:
+    try:
+        done = subprocess.run([python, "-c", "import sys; assert sys.version_info >= (3, 12)"],
+                              capture_output=True, timeout=30, check=False)  # fmt: skip
+    except OSError:
+        return False
+    return done.returncode == 0
 
 
 def _timed(argv: list[str], env: dict[str, str]) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import mlflow
@@ -189,16 +190,53 @@ def test_server_dying_mid_run_exits_3_and_leaves_no_process(tmp_path: Path) -> N
     assert not check_health(server.url)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("manager", ["uv", "virtualenv"])
-def test_example_project_passes_with_isolated_env(
-    manager: str, tracking_server: TrackingServer, tmp_path: Path
-) -> None:
+def _copy_example(tmp_path: Path) -> Path:
     project = tmp_path / "example_project"
     shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("reports", "mlruns"))
-    result, report = smoke_json(project, tracking_server.url, "--env-manager", manager)
+    return project
+
+
+def _predict_found(report: dict) -> str:
+    return next(c["found"] for c in report["checks"] if c["name"] == "model loads and predicts")
+
+
+@pytest.mark.slow
+def test_example_project_passes_with_virtualenv(tracking_server: TrackingServer, tmp_path: Path) -> None:
+    project = _copy_example(tmp_path)
+    result, report = smoke_json(project, tracking_server.url, "--env-manager", "virtualenv")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert report["data"]["env_manager"] == manager
-    assert "model loads and predicts" in verdicts(report)
+    assert report["data"]["env_manager"] == "virtualenv"
+    assert verdicts(report)["model loads and predicts"] == "pass"
     run = mlflow.MlflowClient(tracking_server.url).get_run(report["run_id"])
-    assert run.data.tags["mlflow_ci.env_manager"] == manager
+    assert run.data.tags["mlflow_ci.env_manager"] == "virtualenv"
+
+
+@pytest.mark.slow
+def test_uv_smoke_starts_the_prediction_ahead(tracking_server: TrackingServer, tmp_path: Path) -> None:
+    """With uv, the model predicts in its own environment; from the second run of the same project
+    on, that interpreter was started while the entry point ran, and a worker started in any other
+    environment is never used."""
+    from mlflow_ci import modelenv, reproducibility
+
+    project = _copy_example(tmp_path)
+    first, report = smoke_json(project, tracking_server.url, "--env-manager", "uv")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert report["data"]["env_manager"] == "uv"
+    run = mlflow.MlflowClient(tracking_server.url).get_run(report["run_id"])
+    assert run.data.tags["mlflow_ci.env_manager"] == "uv"
+
+    second, report = smoke_json(project, tracking_server.url, "--env-manager", "uv")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "(uv, started ahead)" in _predict_found(report)
+
+    # Point the record at a working interpreter in the wrong environment (this test's own).
+    record_path = modelenv.env_root() / modelenv.RECORD
+    key = modelenv.record_key("example", reproducibility.lock_hash(project), "uv")
+    records = json.loads(record_path.read_text())
+    wrong = [f"export PATH={Path(sys.executable).parent}:$PATH"]
+    records[key]["activate"] = wrong
+    record_path.write_text(json.dumps(records))
+    third, report = smoke_json(project, tracking_server.url, "--env-manager", "uv")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "(uv, started)" in _predict_found(report)
+    assert json.loads(record_path.read_text())[key]["activate"] != wrong  # the right one is remembered again

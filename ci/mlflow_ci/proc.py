@@ -11,9 +11,10 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import CommandFailed, InfraError
 
@@ -142,5 +143,130 @@ def kill_group(child: subprocess.Popen[str], grace: float = 5.0) -> None:
         child.wait(timeout=grace)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=grace)
+
+
+@contextlib.contextmanager
+def scoped_environ(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (``None``: remove) environment variables of this process for the block, then restore them."""
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def captured_stdio(*, stream: bool = True, prefix: str = "    ") -> Iterator[list[str]]:
+    """For children started by a library that takes no pipes (MLflow's project backend): point this
+    process's stdin at /dev/null and its stdout and stderr at one pipe for the block.
+
+    Children started inside inherit the pipe; every line is kept in the yielded list and, with
+    ``stream``, echoed to the real stderr (stdout stays clean for ``--json``).  Lines written after
+    the block by a grandchild that outlived it are still collected, never waited for.
+    """
+    for stream_obj in (sys.stdout, sys.stderr):
+        stream_obj.flush()
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    read_end, write_end = os.pipe()
+    lines: list[str] = []
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for raw in pipe:
+                line = raw.decode("utf-8", errors="replace")
+                lines.append(line)
+                if stream:
+                    os.write(saved[2], (prefix + line).encode("utf-8", errors="replace"))
+
+    reader = threading.Thread(target=pump, name="captured-stdio", daemon=True)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(devnull, 0)
+        os.dup2(write_end, 1)
+        os.dup2(write_end, 2)
+    finally:
+        os.close(devnull)
+        os.close(write_end)
+    reader.start()
+    try:
+        yield lines
+    finally:
+        for stream_obj in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream_obj.flush()
+        for fd, copy in zip((0, 1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+        # EOF once every child has exited; a grandchild left running must not hang us.
+        reader.join(timeout=5)
+        for copy in saved[:2]:
+            os.close(copy)
+        if not reader.is_alive():
+            os.close(saved[2])
+
+
+def _children_map() -> dict[int, list[int]]:
+    """ppid → pids of every live process (Linux ``/proc``; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return children
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces: the ppid follows the last ')'.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def descendants(*pids: int) -> list[int]:
+    """Every live process below ``pids``."""
+    children = _children_map()
+    found: list[int] = []
+    todo = list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.append(child)
+                todo.append(child)
+    return found
+
+
+def kill_tree(child: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """Terminate ``child`` and everything below it, for a child that does not lead its own group."""
+    import signal
+
+    # Collected before the first signal: once the child is gone its orphans are re-parented.
+    tree = [child.pid, *descendants(child.pid)]
+
+    def signal_all(sig: int) -> None:
+        tree.extend(p for p in descendants(*tree) if p not in tree)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+    if child.poll() is None:
+        signal_all(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=grace)
+    signal_all(signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         child.wait(timeout=grace)

@@ -13,11 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import envmanagers, output, proc, reproducibility, tracking
+from . import envmanagers, modelenv, output, proc, reproducibility, tracking
 from .conventions import find_logged_model, finish, run_url, verify_run
 from .errors import ConfigError, PolicyError
 from .policy import LoadedPolicy, Policy, find_policy, load_policy
-from .projectrun import param_value, run_project
+from .projectrun import ProjectRun, param_value, run_project
 from .report import Check, Report, check
 
 
@@ -80,8 +80,18 @@ def run_smoke(
     )
     report.data.update({"experiment": experiment, "parameters": parameters, "env_manager": manager.name})
 
-    ran = run_project(project, entry_point=settings.entry_point, parameters=parameters, env_manager=manager.name,
-                      experiment=experiment, tracking_uri=tracking_uri, timeout=settings.timeout)  # fmt: skip
+    # The prediction's interpreter starts while the entry point runs (see mlflow_ci.modelenv).
+    env_key = modelenv.record_key(policy.project, reproducibility.lock_hash(project), predictor.name)
+    with modelenv.started_ahead(env_key, predictor.name, tracking.client_env(tracking_uri)) as warm:
+        ran = run_project(project, entry_point=settings.entry_point, parameters=parameters, env_manager=manager.name,
+                          experiment=experiment, tracking_uri=tracking_uri, timeout=settings.timeout)  # fmt: skip
+        return _verify(project, policy, report, ran, manager, predictor, tracking_uri, scratch, warm, env_key)
+
+
+def _verify(project: Path, policy: Policy, report: Report, ran: ProjectRun, manager: envmanagers.EnvManager,
+            predictor: envmanagers.EnvManager, tracking_uri: str, scratch: Path, warm: modelenv.Worker | None,
+            env_key: str) -> Report:  # fmt: skip
+    settings = policy.smoke
     out, run_id = ran.output, ran.run_id
     from mlflow import MlflowClient
     from mlflow.entities import RunTag
@@ -116,20 +126,21 @@ def run_smoke(
         ref = find_logged_model(client, run, settings.model_artifact_path)
         if ref is not None:
             with output.step(f"load and predict {ref.uri} ({predictor.name})"):
-                report.add(predict_check(ref.uri, predictor.name, tracking_uri, scratch))
+                report.add(predict_check(ref.uri, predictor.name, tracking_uri, scratch, warm=warm, key=env_key,
+                                         timeout=settings.timeout))  # fmt: skip
     if report.verdict == "fail":
         report.output_tail = proc.tail(out)
     return report
 
 
-def predict_check(model_uri: str, env_manager: str, tracking_uri: str, scratch: Path) -> Check:
+def predict_check(model_uri: str, env_manager: str, tracking_uri: str, scratch: Path, *,
+                  warm: modelenv.Worker | None = None, key: str | None = None, timeout: float = 900) -> Check:  # fmt: skip
     """Load the model in its own environment and predict on its saved input example.
 
-    Uses MLflow's own pyfunc backend: the environment is built from the model's requirements and
-    cached under ``MLFLOW_ENV_ROOT``; ``local`` predicts in this process.
+    The environment is built from the model's requirements and cached under ``MLFLOW_ENV_ROOT``
+    (:mod:`mlflow_ci.modelenv`); ``local`` predicts in this process.
     """
     import mlflow.artifacts
-    from mlflow.models.flavor_backend_registry import get_flavor_backend
 
     with tracking.client_settings(tracking_uri):
         local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(scratch / "model")))
@@ -139,16 +150,16 @@ def predict_check(model_uri: str, env_manager: str, tracking_uri: str, scratch: 
         return check(name, False, expected=expected, found="no serving input example saved")
     rows = _example_rows(json.loads(example.read_text(encoding="utf-8")))
     out_file = scratch / "predictions.json"
+    how = "in this process"
     try:
-        with tracking.client_settings(tracking_uri), output.stdout_to_stderr():
-            # mlflow.models.predict builds a throwaway environment on every call; the same
-            # backend with no private env root reuses the cache under MLFLOW_ENV_ROOT.
-            backend = get_flavor_backend(
-                str(local), env_manager=env_manager, create_env_root_dir=False, env_root_dir=None
-            )
-            backend.predict(
-                model_uri=str(local), input_path=str(example), output_path=str(out_file), content_type="json"
-            )
+        if env_manager == "local":
+            from mlflow.pyfunc import scoring_server
+
+            with tracking.client_settings(tracking_uri), output.stdout_to_stderr():
+                scoring_server._predict(local.as_uri(), str(example), str(out_file), "json")
+        else:
+            how = modelenv.predict(local, env_manager=env_manager, input_path=example, output_path=out_file,
+                                   env=tracking.client_env(tracking_uri), timeout=timeout, warm=warm, key=key)  # fmt: skip
     except Exception as exc:  # the model's own code failing is a check result, not our crash
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         return check(name, False, expected=expected, found=f"{type(exc).__name__}: {first}",
@@ -160,7 +171,7 @@ def predict_check(model_uri: str, env_manager: str, tracking_uri: str, scratch: 
         predictions = predictions.get("predictions", predictions)
     count = len(predictions) if isinstance(predictions, list) else 0
     ok = count > 0 and (rows is None or count == rows)
-    found = f"{count} predictions for {rows if rows is not None else '?'} rows ({env_manager})"
+    found = f"{count} predictions for {rows if rows is not None else '?'} rows ({env_manager}, {how})"
     return check(name, ok, expected=expected, found=found)
 
 
