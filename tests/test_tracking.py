@@ -98,3 +98,45 @@ def test_children_do_not_inherit_the_callers_run_or_virtualenv(monkeypatch: pyte
     with client_settings("http://127.0.0.1:5000"):
         assert "VIRTUAL_ENV" not in os.environ
     assert os.environ["VIRTUAL_ENV"] == "leaked"
+
+
+def test_prepared_server_serves_stores_filled_after_it_started(tmp_path: Path) -> None:
+    """The restore's read-back server: its process exists (importing MLflow) before the database
+    does; once started it serves MLflow's API and artifact proxy on what was written meanwhile."""
+    import mlflow
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow_ci.tracking import PreparedServer
+
+    db, artifacts = tmp_path / "later.db", tmp_path / "art"
+    server = PreparedServer(
+        tmp_path / "w", backend_store_uri=f"sqlite:///{db}", artifacts_destination=str(artifacts)
+    )
+    with server:
+        pid = server.pid
+        assert pid is not None
+        assert not db.exists()
+        store = SqlAlchemyStore(f"sqlite:///{db}", "mlflow-artifacts:/")  # written while it imports
+        exp = store.create_experiment("filled-later")
+        store.engine.dispose()
+        server.start()
+        assert check_health(server.url)
+        client = mlflow.MlflowClient(server.url)
+        assert client.get_experiment(exp).name == "filled-later"
+        run = client.create_run(exp)
+        (tmp_path / "a.txt").write_text("through the proxy")
+        client.log_artifact(run.info.run_id, str(tmp_path / "a.txt"))
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["a.txt"]
+    assert not check_health(server.url)
+    assert not _group_alive(pid)
+    assert any(artifacts.rglob("a.txt")), "artifacts went to the destination given"
+
+
+def test_prepared_server_that_dies_before_start_is_a_clear_infra_error(tmp_path: Path) -> None:
+    from mlflow_ci.tracking import PreparedServer
+
+    server = PreparedServer(tmp_path, backend_store_uri=f"sqlite:///{tmp_path / 'x.db'}").prepare()
+    assert server.pid is not None
+    os.killpg(server.pid, signal.SIGKILL)
+    with pytest.raises(InfraError, match="did not get ready"):
+        server.start()
+    assert server.pid is None

@@ -4,10 +4,11 @@ Verification has two halves:
 
 1. against the manifest: schema revision, row counts of every table, every artifact's key and
    size (checksums are checked as each object is copied: objects are named by their SHA-256);
-2. through a real ``mlflow server`` started on the restored stores: the sampled runs (ids, start
-   and end times, status, params, full metric histories), every registered model, version
-   (numbers, source runs, creation times) and alias, the sampled runs' artifacts listed and one
-   downloaded through the artifact proxy, and the experiment count.
+2. through MLflow's server app started on the restored stores (its process imports MLflow while
+   the stores are filled: :class:`mlflow_ci.tracking.PreparedServer`), over the REST API: the
+   sampled runs (ids, start and end times, status, params, full metric histories), every
+   registered model, version (numbers, source runs, creation times) and alias, the sampled runs'
+   artifacts listed and some downloaded through the artifact proxy, and the experiment count.
 
 Ids, timestamps and version numbers are preserved because the database is restored from a
 dump, not re-created through the API (which renumbers versions and assigns new run ids).
@@ -20,7 +21,6 @@ import hashlib
 import math
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -125,38 +125,21 @@ def restore_backup(
 
     seconds: dict[str, float] = {}
     report.data["seconds"] = seconds
-    t0 = time.monotonic()
-    with output.step(f"database ({backend.kind})"):
-        _restore_db(repo, manifest, backend, manifest["backend"])
-    seconds["database"] = round(time.monotonic() - t0, 3)
     with contextlib.ExitStack() as stack:
         server = None
-        started: dict[str, BaseException | None] = {}
         if server_check:
-            from .tracking import TrackingServer
+            from .tracking import PreparedServer
 
-            # The server needs only the database: start it while the artifacts are copied.
+            # The read-back server imports MLflow while the stores are being filled.
             work = workdir or Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="mlflow-ci-restore-"))
             )
-            server = TrackingServer(Path(work) / "server", backend_store_uri=backend_store_uri,
-                                    artifacts_destination=artifacts_uri, env=_server_env(env))  # fmt: skip
-
-            def start() -> None:
-                try:
-                    server.start()
-                    started["error"] = None
-                except BaseException as exc:  # reported below, in this thread
-                    started["error"] = exc
-
-            starter = threading.Thread(target=start, name="restore-verify-server", daemon=True)
-            starter.start()
-
-            def stop_server() -> None:
-                starter.join()  # never stop a server that is still being started (it would outlive us)
-                server.stop()
-
-            stack.callback(stop_server)
+            server = stack.enter_context(PreparedServer(Path(work) / "server", backend_store_uri=backend_store_uri,
+                                                        artifacts_destination=artifacts_uri, env=_server_env(env)))  # fmt: skip
+        t0 = time.monotonic()
+        with output.step(f"database ({backend.kind})"):
+            _restore_db(repo, manifest, backend, manifest["backend"])
+        seconds["database"] = round(time.monotonic() - t0, 3)
         t0 = time.monotonic()
         with output.step(f"artifacts into {artifacts_uri}"):
             copied = _restore_artifacts(repo, manifest, target)
@@ -169,18 +152,16 @@ def restore_backup(
         seconds["artifacts_and_manifest_checks"] = round(time.monotonic() - t0, 3)
         if server is not None:
             t0 = time.monotonic()
-            stack.callback(lambda: seconds.__setitem__("server_read_back", round(time.monotonic() - t0, 3)))
             with output.step("read back through a tracking server"):
-                starter.join()
-                error = started.get("error")
-                if error is not None:
-                    if not isinstance(error, InfraError):
-                        raise error
+                try:
+                    server.start()
+                except InfraError as error:
                     report.add(check("server starts on the restored stores", False, expected="/health answers",
                                      found="did not start", detail=str(error)))  # fmt: skip
                     return report
                 for item in verify_through_server(server.url, manifest):
                     report.add(item)
+            seconds["server_read_back"] = round(time.monotonic() - t0, 3)
     return report
 
 
@@ -309,14 +290,16 @@ def verify_through_server(url: str, manifest: Mapping[str, Any]) -> list[Check]:
     checks: list[Check] = []
     with client_settings(url):
         client = MlflowClient(tracking_uri=url)
-        # Runs and metric histories.
+        # Runs and metric histories: one search for the runs, one bulk read per metric key.
         run_problems: list[str] = []
         metric_points = 0
-        for want in sample.get("runs", []):
-            try:
-                run = client.get_run(want["run_id"])
-            except Exception as exc:
-                run_problems.append(f"{want['run_id']}: {type(exc).__name__}")
+        wanted = sample.get("runs", [])
+        got_runs = _runs_by_id(client, wanted)
+        histories = _metric_histories(url, client, wanted)
+        for want in wanted:
+            run = got_runs.get(want["run_id"])
+            if run is None:
+                run_problems.append(f"{want['run_id']}: not found")
                 continue
             got = {"experiment_id": run.info.experiment_id, "name": run.info.run_name, "status": run.info.status,
                    "start_time": run.info.start_time, "end_time": run.info.end_time,
@@ -327,9 +310,7 @@ def verify_through_server(url: str, manifest: Mapping[str, Any]) -> list[Check]:
             if dict(run.data.params) != want["params"]:
                 run_problems.append(f"{want['run_id']} params differ")
             for key, points in want["metrics"].items():
-                history = client.get_metric_history(want["run_id"], key)
-                got_points = sorted(([m.step, m.timestamp, _norm(m.value)] for m in history),
-                                    key=lambda m: (m[0], m[1], str(m[2])))  # fmt: skip
+                got_points = histories.get((want["run_id"], key), [])
                 metric_points += len(got_points)
                 if got_points != points:
                     run_problems.append(
@@ -390,6 +371,60 @@ def verify_through_server(url: str, manifest: Mapping[str, Any]) -> list[Check]:
         # Artifacts through the proxy.
         checks.append(_check_artifacts_via_server(client, sample, manifest))
     return checks
+
+
+# The server's bulk history endpoint (the one MLflow's UI charts read) returns at most this many
+# points per run; longer histories are read with the paged per-run call instead.
+BULK_HISTORY_LIMIT = 25000
+BULK_HISTORY_RUNS = 100
+
+
+def _runs_by_id(client: Any, wanted: list[Mapping[str, Any]]) -> dict[str, Any]:
+    from mlflow.entities import ViewType
+
+    out: dict[str, Any] = {}
+    ids = [w["run_id"] for w in wanted]
+    experiments = sorted({str(w["experiment_id"]) for w in wanted})
+    for i in range(0, len(ids), 100):
+        chunk = ids[i : i + 100]
+        quoted = ", ".join(f"'{run_id}'" for run_id in chunk)
+        for run in client.search_runs(experiments, filter_string=f"attributes.run_id IN ({quoted})",
+                                      run_view_type=ViewType.ALL, max_results=len(chunk)):  # fmt: skip
+            out[run.info.run_id] = run
+    return out
+
+
+def _sorted_points(points: Any) -> list[list[Any]]:
+    return sorted(([p[0], p[1], _norm(p[2])] for p in points), key=lambda m: (m[0], m[1], str(m[2])))
+
+
+def _metric_histories(
+    url: str, client: Any, wanted: list[Mapping[str, Any]]
+) -> dict[tuple[str, str], list[Any]]:
+    """(run id, key) → sorted [step, timestamp, value] points, for every metric the sample names."""
+    from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+
+    by_key: dict[str, list[str]] = {}
+    long: list[tuple[str, str]] = []
+    for want in wanted:
+        for key, points in want["metrics"].items():
+            if len(points) >= BULK_HISTORY_LIMIT:
+                long.append((want["run_id"], key))
+            else:
+                by_key.setdefault(key, []).append(want["run_id"])
+    out: dict[tuple[str, str], list[Any]] = {}
+    creds = MlflowHostCreds(url)
+    for key, run_ids in by_key.items():
+        for i in range(0, len(run_ids), BULK_HISTORY_RUNS):
+            response = http_request(creds, "/ajax-api/2.0/mlflow/metrics/get-history-bulk", "GET",
+                                    params={"run_id": run_ids[i : i + BULK_HISTORY_RUNS], "metric_key": key,
+                                            "max_results": BULK_HISTORY_LIMIT})  # fmt: skip
+            response.raise_for_status()
+            for m in response.json().get("metrics", []):
+                out.setdefault((m["run_id"], key), []).append((m["step"], m["timestamp"], m["value"]))
+    for run_id, key in long:
+        out[(run_id, key)] = [(m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key)]
+    return {pair: _sorted_points(points) for pair, points in out.items()}
 
 
 def _list_recursive(client: Any, run_id: str, path: str | None = None) -> dict[str, int]:

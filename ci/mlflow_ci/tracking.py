@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import proc
 from .errors import ConfigError, InfraError, ServerUnreachable
@@ -241,6 +242,75 @@ class TrackingServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class PreparedServer(TrackingServer):
+    """MLflow's server app in a process started before its stores are filled (a restore's read-back).
+
+    :meth:`prepare` starts a process that imports uvicorn and MLflow's server, which is most of a
+    server start, while the caller is still writing the database and the artifacts;
+    :meth:`start` then hands it the stores and waits for ``/health``.  The process serves
+    ``mlflow.server.fastapi_app:app`` with uvicorn and the environment that ``mlflow server``
+    gives its own uvicorn child (:mod:`mlflow_ci._server_worker`); what ``mlflow server`` adds in
+    front, a second interpreter that only spawns that child, is what is saved.  Loopback only,
+    no auth app: for checks, not for serving a team.
+    """
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "mlflow_ci._server_worker", self.host, str(self.port)]
+
+    def prepare(self) -> PreparedServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.port is None:
+            self.port = free_port(self.host)
+        env = proc.base_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env})
+        log = self.log_path.open("a", encoding="utf-8")
+        try:
+            self._proc = subprocess.Popen(self.command(), cwd=self.workdir, env=env, stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=log, text=True,
+                                          start_new_session=True)  # fmt: skip
+        finally:
+            log.close()
+        return self
+
+    def start(self) -> PreparedServer:
+        if self._proc is None:
+            self.prepare()
+        assert self._proc is not None
+        assert self._proc.stdin is not None
+        assert self._proc.stdout is not None
+        try:
+            ready = _read_line(self._proc.stdout, self.startup_timeout)
+            if ready.strip() != "ready":
+                raise InfraError(
+                    f"The MLflow server process for {self.backend_store_uri} did not get ready "
+                    f"(exit code {self._proc.poll()}). Last lines of {self.log_path}:\n"
+                    f"{proc.tail(self._read_log(), 20)}"
+                )
+            stores = {"backend_store_uri": self.backend_store_uri or f"sqlite:///{self.workdir / 'mlflow.db'}",
+                      "artifacts_destination": self.artifacts_destination or str(self.workdir / "artifacts")}  # fmt: skip
+            self._proc.stdin.write(json.dumps(stores) + "\n")
+            self._proc.stdin.flush()
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> PreparedServer:
+        return self.prepare()
+
+
+def _read_line(stream: Any, timeout: float) -> str:
+    """One line from a child's pipe, or ``""`` after ``timeout`` seconds or at EOF."""
+    import selectors
+
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            return ""
+    return str(stream.readline())
 
 
 # --------------------------------------------------------------------------------------------

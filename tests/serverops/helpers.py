@@ -31,6 +31,9 @@ def populate(tracking_uri: str, *, runs: int = 6, experiment: str = "exp_backup"
                         rid, "loss", 1.0 / (i + step + 1), step=step, timestamp=1_700_000_000_000 + step
                     )
                 client.log_metric(rid, "auc", 0.5 + i / 100)
+                if i == 0:  # values a restore must keep as they were, read back through the bulk API
+                    client.log_metric(rid, "grad_norm", float("nan"), step=0, timestamp=1_700_000_000_000)
+                    client.log_metric(rid, "grad_norm", 3.5, step=1, timestamp=1_700_000_000_001)
                 f = Path(tmp) / f"notes_{i}.txt"
                 f.write_bytes(rid.encode() + bytes((i + j) % 251 for j in range(payload_bytes - len(rid))))
                 client.log_artifact(rid, str(f), artifact_path="files")

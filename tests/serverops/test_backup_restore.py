@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -36,7 +37,8 @@ def _snapshot_via_server(url: str) -> dict:
         for run in client.search_runs(
             [e.experiment_id for e in exps], run_view_type=ViewType.ALL, max_results=1000
         ):
-            history = {k: [(m.step, m.timestamp, m.value) for m in client.get_metric_history(run.info.run_id, k)]
+            history = {k: [(m.step, m.timestamp, "nan" if math.isnan(m.value) else m.value)
+                           for m in client.get_metric_history(run.info.run_id, k)]
                        for k in run.data.metrics}  # fmt: skip
             runs[run.info.run_id] = (run.info.start_time, run.info.end_time, run.info.status,
                                      run.info.lifecycle_stage, run.info.run_name, dict(run.data.params),
@@ -162,6 +164,41 @@ def test_second_backup_is_incremental_and_damage_is_detected(tmp_path: Path) -> 
                    "--artifacts-destination", str(tmp_path / "r-art"), "--no-server-check")  # fmt: skip
     assert done.returncode == 3
     assert "damaged" in done.stderr
+
+
+def test_read_back_catches_a_history_that_differs(tmp_path: Path) -> None:
+    """The read-back compares every sampled metric point (bulk reads), NaN included: one changed
+    value in the restored database is a failed check naming the run and the metric."""
+    import sqlite3
+
+    from mlflow_ci.restore import restore_backup, verify_through_server
+    from mlflow_ci.tracking import PreparedServer
+
+    db, art, repo_dir = tmp_path / "s.db", tmp_path / "art", tmp_path / "bk"
+    with TrackingServer(tmp_path / "src", backend_store_uri=_sqlite(db), artifacts_destination=str(art)) as s:
+        info = populate(s.url, runs=3)
+    manifest = take_backup(backend_store_uri=_sqlite(db), artifacts_uri=str(art), destination=str(repo_dir))
+    target, target_art = tmp_path / "r.db", tmp_path / "r-art"
+    report = restore_backup(
+        source=str(repo_dir), backend_store_uri=_sqlite(target), artifacts_uri=str(target_art)
+    )
+    assert report.verdict == "pass", report.to_markdown()
+    assert "metric points identical" in next(
+        c.found for c in report.checks if c.name.startswith("runs read back")
+    )
+    victim = info["run_ids"][1]
+    with sqlite3.connect(target) as conn:
+        changed = conn.execute("UPDATE metrics SET value = value + 1 WHERE run_uuid = ? AND key = 'loss' AND step = 2",
+                               (victim,)).rowcount  # fmt: skip
+    assert changed == 1
+    with PreparedServer(
+        tmp_path / "v", backend_store_uri=_sqlite(target), artifacts_destination=str(target_art)
+    ) as v:
+        v.start()
+        checks = verify_through_server(v.url, manifest)
+    runs_check = next(c for c in checks if c.name.startswith("runs read back"))
+    assert runs_check.verdict == "fail"
+    assert f"{victim} metric loss" in runs_check.found
 
 
 def test_prune_keeps_the_newest_and_their_objects(tmp_path: Path) -> None:
