@@ -9,9 +9,12 @@ run.  Both are compared per run, for time and for what survives (run ids, start 
 metric histories, artifacts).
 
 Goal: backup + restore at least 1,000x faster per run than export + import, with nothing lost.
-Two ratios are printed: with every cost counted (including the restore's read-back through a
-started server: one server start and a fixed-size sample, which does not grow with the number of
-runs), and per run without that fixed cost.
+Two ratios are printed: with every cost counted (the restore as the command runs it, including
+its read-back through a started server, whose start and database reads overlap the artifact
+copy: one server start and a fixed-size sample, which does not grow with the number of runs),
+and per run without the part of that read-back left after the copy.  Ours is repeated
+``BENCH_BACKUP_REPEATS`` times (3) in new folders and the median round is reported; the
+baseline, at about 0.5 s per run, runs once.
 
 ``mlflow-migration`` needs Python >= 3.12: the benchmark builds a venv with pyenv's 3.12 once
 (``BENCH_MIGRATION_VENV``, default ``.nox/_mlflow_migration``).  Knobs: ``BENCH_BACKUP_RUNS``
@@ -39,6 +42,7 @@ from mlflow_ci.tracking import TrackingServer, client_settings
 ROOT = Path(__file__).resolve().parent.parent
 N_RUNS = int(os.environ.get("BENCH_BACKUP_RUNS", "10000"))
 SAMPLE = int(os.environ.get("BENCH_BACKUP_SAMPLE", "200"))
+REPEATS = int(os.environ.get("BENCH_BACKUP_REPEATS", "3"))
 GOAL = 1000.0
 MIGRATION_VENV = Path(os.environ.get("BENCH_MIGRATION_VENV", ROOT / ".nox" / "_mlflow_migration"))
 
@@ -213,29 +217,24 @@ def _timed(argv: list[str], env: dict[str, str]) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def ours_round_trip(work: Path, uri: str) -> tuple[float, float, float, dict[str, Any]]:
-    """Seconds for the backup, for the restore's data path (database, artifacts with checksums,
-    manifest checks) and for the read-back through a server started on the restored stores."""
-    from mlflow_ci.restore import verify_through_server
-
+def ours_round_trip(work: Path, uri: str, artifacts: Path) -> dict[str, Any]:
+    """One backup into a new repository, then ``restore`` exactly as the command runs it: into
+    empty stores, checked against the manifest, then read back through a server (the server's
+    process imports MLflow while the stores are filled)."""
     t0 = time.perf_counter()
     manifest = take_backup(
-        backend_store_uri=uri, artifacts_uri=str(work / "src-art"), destination=str(work / "repo")
+        backend_store_uri=uri, artifacts_uri=str(artifacts), destination=str(work / "repo")
     )
     t_backup = time.perf_counter() - t0
-    dst_uri, dst_art = f"sqlite:///{work / 'dst.db'}", str(work / "dst-art")
     t0 = time.perf_counter()
-    report = restore_backup(source=str(work / "repo"), backend_store_uri=dst_uri, artifacts_uri=dst_art,
-                            server_check=False)  # fmt: skip
+    report = restore_backup(source=str(work / "repo"), backend_store_uri=f"sqlite:///{work / 'dst.db'}",
+                            artifacts_uri=str(work / "dst-art"), workdir=work / "verify")  # fmt: skip
     t_restore = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    with TrackingServer(work / "verify", backend_store_uri=dst_uri, artifacts_destination=dst_art) as server:
-        for item in verify_through_server(server.url, manifest):
-            report.add(item)
-    t_read_back = time.perf_counter() - t0
     if report.verdict != "pass":
         raise SystemExit(f"restore did not verify:\n{report.to_markdown()}")
-    return t_backup, t_restore, t_read_back, manifest
+    read_back = float(report.data["seconds"]["server_read_back"])
+    return {"backup": t_backup, "restore": t_restore, "read_back": read_back,
+            "data_path": t_backup + t_restore - read_back, "all": t_backup + t_restore, "manifest": manifest}  # fmt: skip
 
 
 def main() -> dict[str, object]:
@@ -248,29 +247,43 @@ def main() -> dict[str, object]:
             f"generated {gen['runs']} runs ({gen['metric_rows']} metric rows) in {time.perf_counter() - t0:.1f}s"
         )
 
-        # Ours: backup, then restore into empty stores, verified (manifest + read-back through a server).
-        t_backup, t_restore, fixed, manifest = ours_round_trip(work, gen["uri"])
+        # Ours, REPEATS times (each in new folders; the median round is reported).
+        rounds = []
+        for i in range(REPEATS):
+            rounds.append(ours_round_trip(work / f"ours-{i}", gen["uri"], work / "src-art"))
+            r = rounds[-1]
+            print(f"round {i + 1}: backup {r['backup']:.2f}s, restore {r['restore']:.2f}s "
+                  f"(read-back through a server {r['read_back']:.2f}s)", flush=True)  # fmt: skip
+        median = sorted(rounds, key=lambda r: r["all"])[len(rounds) // 2]
+        last = work / f"ours-{REPEATS - 1}"
+        t_backup, t_restore, fixed, manifest = (
+            median["backup"],
+            median["restore"],
+            median["read_back"],
+            median["manifest"],
+        )
         t0 = time.perf_counter()
         take_backup(
-            backend_store_uri=gen["uri"], artifacts_uri=str(work / "src-art"), destination=str(work / "repo")
+            backend_store_uri=gen["uri"], artifacts_uri=str(work / "src-art"), destination=str(last / "repo")
         )
         t_incremental = time.perf_counter() - t0
         # The read-back through a started server is a fixed cost (one server start, a fixed-size
         # sample of runs, models and aliases) that does not grow with the number of runs; the
-        # per-run cost is the data path: backup, database restore, artifact copy, manifest checks.
-        ours_per_run = (t_backup + t_restore + fixed) / gen["runs"]
-        marginal = (t_backup + t_restore) / gen["runs"]
-        results.update(backup_s=round(t_backup, 2), restore_data_path_s=round(t_restore, 2),
+        # data path (backup, database restore, artifact copy, manifest checks) is what does.
+        ours_per_run = median["all"] / gen["runs"]
+        marginal = median["data_path"] / gen["runs"]
+        results.update(backup_s=round(t_backup, 2), restore_s=round(t_restore, 2),
+                       rounds_all_s=[round(r["all"], 2) for r in rounds],
                        incremental_backup_s=round(t_incremental, 2), ours_per_run_ms=round(ours_per_run * 1000, 4),
-                       ours_per_run_without_read_back_ms=round(marginal * 1000, 4), read_back_s=round(fixed, 2),
+                       ours_per_run_data_path_ms=round(marginal * 1000, 4), read_back_s=round(fixed, 2),
                        artifacts=manifest["artifacts"]["count"])  # fmt: skip
 
         bin_dir = migration_bin()
         with TrackingServer(work / "src-server", backend_store_uri=gen["uri"],
                             artifacts_destination=str(work / "src-art")) as src:  # fmt: skip
             source_view = view(src.url, "bench_sample")
-            with TrackingServer(work / "dst-server", backend_store_uri=f"sqlite:///{work / 'dst.db'}",
-                                artifacts_destination=str(work / "dst-art")) as restored:  # fmt: skip
+            with TrackingServer(work / "dst-server", backend_store_uri=f"sqlite:///{last / 'dst.db'}",
+                                artifacts_destination=str(last / "dst-art")) as restored:  # fmt: skip
                 ours = fidelity(source_view, view(restored.url, "bench_sample"))
             if bin_dir is None:
                 print(
@@ -300,13 +313,13 @@ def main() -> dict[str, object]:
     print(f"{'runs':34} {N_RUNS + SAMPLE:>26} {SAMPLE:>18}")
     print(f"{'seconds (backup / export)':34} {t_backup:>26.2f} {t_export:>18.2f}")
     print(f"{'seconds (restore+checks / import)':34} {t_restore:>26.2f} {t_import:>18.2f}")
+    print(f"{'  of which read-back after the copy':34} {fixed:>26.2f} {'':>18}")
     print(f"{'ms per run (all costs)':34} {ours_per_run * 1000:>26.4f} {base_per_run * 1000:>18.2f}")
     print(f"{'ms per run (data path)':34} {marginal * 1000:>26.4f} {'':>18}")
-    print(f"{'fixed: read-back via a server (s)':34} {fixed:>26.2f} {'':>18}")
     for key in ours:
         print(f"{key + ' (sample)':34} {ours[key]:>26} {theirs[key]:>18}")
     print(f"\nratio per run, mlflow-migration / mlflow-ci: {ratio:,.0f}x with every cost counted, "
-          f"{ratio_marginal:,.0f}x without the fixed read-back through a server (goal >= {GOAL:,.0f}x)"
+          f"{ratio_marginal:,.0f}x without the fixed read-back left after the copy (goal >= {GOAL:,.0f}x)"
           f"; incremental re-backup of all {N_RUNS + SAMPLE} runs: {t_incremental:.2f}s")  # fmt: skip
     lossless = all(v.split("/")[0] == v.split("/")[1] for v in ours.values())
     results["goal_met_all_costs"] = ratio >= GOAL and lossless

@@ -1,4 +1,4 @@
-"""Child of :class:`mlflow_ci.warmserver.WarmServer`: MLflow's own server app, imported ahead.
+"""Child of :class:`mlflow_ci.tracking.PreparedServer`: MLflow's own server app, imported ahead.
 
 Imports uvicorn and MLflow's server (the seconds of a server start) before its stores exist,
 says ``ready``, then waits for one JSON line naming the stores, and serves

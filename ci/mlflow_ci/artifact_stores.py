@@ -20,6 +20,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,12 @@ class ArtifactStore(Protocol):
         ...
 
 
-def _copy_hashing(src: str, dst: str, hasher: Any) -> None:
+_CLIENT_LOCK = threading.Lock()
+
+
+def _copy_hashing(src: str, dst: str, hasher: Any) -> int:
+    """Copy ``src`` to ``dst`` feeding every block to ``hasher``; the number of bytes copied."""
+    size = 0
     with open(src, "rb") as inp, open(dst, "wb") as out:
         while True:
             block = inp.read(1 << 20)
@@ -73,6 +79,8 @@ def _copy_hashing(src: str, dst: str, hasher: Any) -> None:
                 break
             hasher.update(block)
             out.write(block)
+            size += len(block)
+    return size
 
 
 def _join(*parts: str) -> str:
@@ -246,6 +254,10 @@ class S3Store:
 
     @property
     def client(self) -> Any:
+        with _CLIENT_LOCK:  # copies run on threads; a boto3 session must not be shared while building
+            return self._make_client()
+
+    def _make_client(self) -> Any:
         if self._client is None:
             import boto3
             from botocore.config import Config
@@ -260,7 +272,7 @@ class S3Store:
                 "s3",
                 endpoint_url=self.endpoint,
                 config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60,
-                              s3={"addressing_style": "path"}),
+                              s3={"addressing_style": "path"}, max_pool_connections=32),
             )  # fmt: skip
         return self._client
 
@@ -363,6 +375,10 @@ class AzureBlobStore:
 
     @property
     def container(self) -> Any:
+        with _CLIENT_LOCK:
+            return self._make_container()
+
+    def _make_container(self) -> Any:
         if self._container is None:
             try:
                 from azure.storage.blob import BlobServiceClient

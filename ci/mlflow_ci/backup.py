@@ -34,13 +34,14 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, output
+from . import __version__, output, parallel
 from .artifact_stores import ArtifactStore, LocalStore, _copy_hashing, store_for, store_scheme
 from .backends import Backend, backend_for, redact
 from .errors import ConfigError, InfraError
@@ -49,6 +50,7 @@ FORMAT = 1
 MANIFEST = "manifest.json"
 LATEST = "latest"
 CHUNK = 1 << 20
+SMALL = 1 << 20  # objects up to this size are copied in one read
 
 
 def sha256_file(path: Path) -> str:
@@ -203,65 +205,110 @@ class _Copied:
 
 def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[str, Any] | None,
                     stats: _Copied) -> list[dict[str, Any]]:  # fmt: skip
+    """Every object of ``source`` into the repository's content-addressed ``objects/``, in the
+    listing's order; objects deleted between listing and copying are left out (counted)."""
     prev = {o["key"]: o for o in (previous or {}).get("artifacts", {}).get("objects", [])}
     known = repo.trusted_shas()
-    objects: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    listing = list(source.list())
+    objects: list[dict[str, Any] | None] = [None] * len(listing)
+    todo: list[int] = []
+    for n, info in enumerate(listing):
+        before = prev.get(info.key)
+        if before and before["size"] == info.size and before.get("token") == info.token and info.token:
+            stats.reused_checksums += 1
+            if before["sha256"] in known:
+                stats.skipped_present += 1
+                objects[n] = {
+                    "key": info.key,
+                    "size": info.size,
+                    "sha256": before["sha256"],
+                    "token": info.token,
+                }
+                continue
+        todo.append(n)
     source_root = source.root if isinstance(source, LocalStore) else None
     repo_root = repo.local_root
     objects_dir = str(repo_root / "objects") if repo_root is not None else ""
     if repo_root is not None:
         os.makedirs(objects_dir, exist_ok=True)
     made: set[str] = set()
-    with tempfile.TemporaryDirectory(prefix="mlflow-ci-backup-") as tmp:
-        scratch = Path(tmp) / "obj"
-        for n, info in enumerate(source.list()):
-            before = prev.get(info.key)
-            if before and before["size"] == info.size and before.get("token") == info.token and info.token:
-                sha = before["sha256"]
-                stats.reused_checksums += 1
-                if sha in known:
-                    stats.skipped_present += 1
-                    objects.append({"key": info.key, "size": info.size, "sha256": sha, "token": info.token})
+
+    def claim(sha: str, size: int) -> bool:
+        """True for the one copy that adds ``sha`` to the repository (counted), False if held."""
+        with lock:
+            if sha in known:
+                stats.skipped_present += 1
+                return False
+            known.add(sha)
+            stats.copied += 1
+            stats.bytes_copied += size
+            return True
+
+    def copy_batch(batch: Sequence[int]) -> list[tuple[int, str | None, int]]:
+        """(index, checksum, size) of each object as copied; checksum None: it vanished."""
+        done: list[tuple[int, str | None, int]] = []
+        with tempfile.TemporaryDirectory(prefix="mlflow-ci-backup-") as tmp:
+            scratch = Path(tmp) / "obj"
+            for n in batch:
+                info = listing[n]
+                try:
+                    if source_root is not None:
+                        path = source_root / info.key
+                    else:
+                        source.get(info.key, scratch)
+                        path = scratch
+                    if repo_root is not None and info.size <= SMALL:
+                        # Small: read once, hash, and write straight under its final name.  Safe
+                        # without a temporary name: only objects a published manifest names are
+                        # trusted, so one torn by a crash is written again by the next backup.
+                        with open(path, "rb") as fh:
+                            data = fh.read()
+                        sha = hashlib.sha256(data).hexdigest()
+                        if claim(sha, len(data)):
+                            folder = os.path.join(objects_dir, sha[:2])
+                            if folder not in made:
+                                os.makedirs(folder, exist_ok=True)
+                                made.add(folder)
+                            with open(os.path.join(folder, sha), "wb") as out:
+                                out.write(data)
+                        done.append((n, sha, len(data)))
+                        continue
+                    if repo_root is not None:
+                        # One read: hash while copying into the repository, then name the copy by its hash.
+                        hasher = hashlib.sha256()
+                        incoming = os.path.join(objects_dir, f".in-{n}.tmp")
+                        size = _copy_hashing(str(path), incoming, hasher)
+                        sha = hasher.hexdigest()
+                        if claim(sha, size):
+                            folder = os.path.join(objects_dir, sha[:2])
+                            if folder not in made:
+                                os.makedirs(folder, exist_ok=True)
+                                made.add(folder)
+                            os.replace(incoming, os.path.join(folder, sha))
+                        else:
+                            os.unlink(incoming)
+                    else:
+                        sha = sha256_file(path)
+                        size = path.stat().st_size
+                        if claim(sha, size):
+                            repo.store.put(path, object_key(sha))
+                except (FileNotFoundError, InfraError):
+                    # Deleted between listing and copying (e.g. by `mlflow gc`): not part of this backup.
+                    done.append((n, None, 0))
                     continue
-            try:
-                if source_root is not None:
-                    path = source_root / info.key
-                else:
-                    source.get(info.key, scratch)
-                    path = scratch
-                if repo_root is not None:
-                    # One read: hash while copying into the repository, then name the copy by its hash.
-                    hasher = hashlib.sha256()
-                    incoming = os.path.join(objects_dir, f".in-{n}.tmp")
-                    _copy_hashing(str(path), incoming, hasher)
-                    sha = hasher.hexdigest()
-                    if sha in known:
-                        os.unlink(incoming)
-                        stats.skipped_present += 1
-                    else:
-                        folder = os.path.join(objects_dir, sha[:2])
-                        if folder not in made:
-                            os.makedirs(folder, exist_ok=True)
-                            made.add(folder)
-                        os.replace(incoming, os.path.join(folder, sha))
-                        known.add(sha)
-                        stats.copied += 1
-                        stats.bytes_copied += info.size
-                else:
-                    sha = sha256_file(path)
-                    if sha in known:
-                        stats.skipped_present += 1
-                    else:
-                        repo.store.put(path, object_key(sha))
-                        known.add(sha)
-                        stats.copied += 1
-                        stats.bytes_copied += info.size
-            except (FileNotFoundError, InfraError):
-                # Deleted between listing and copying (e.g. by `mlflow gc`): not part of this backup.
-                stats.vanished += 1
-                continue
-            objects.append({"key": info.key, "size": info.size, "sha256": sha, "token": info.token})
-    return objects
+                done.append((n, sha, size))
+        return done
+
+    remote = source_root is None or repo_root is None
+    for n, sha, size in parallel.map_batches(copy_batch, todo, threads=parallel.copy_threads(remote=remote)):
+        info = listing[n]
+        if sha is None:
+            stats.vanished += 1
+        else:
+            # The size as copied (a file rewritten since the listing is backed up as it now is).
+            objects[n] = {"key": info.key, "size": size, "sha256": sha, "token": info.token}
+    return [o for o in objects if o is not None]
 
 
 def _snapshot_db(backend: Backend, staging: Path, stem: str, **kw: Any) -> dict[str, Any]:
@@ -272,12 +319,24 @@ def _snapshot_db(backend: Backend, staging: Path, stem: str, **kw: Any) -> dict[
         "uri": redact(backend.uri),
         "dump": dump.name,
         "dump_size": dump.stat().st_size,
-        "dump_sha256": sha256_file(dump),
+        "dump_sha256": None,  # filled in by the caller (hashed while the artifacts are copied)
         "tool": snap.tool,
         "schema_revision": snap.schema_revision,
         "row_counts": snap.row_counts,
         "sample": snap.sample,
     }
+
+
+def manifest_text(manifest: Mapping[str, Any]) -> str:
+    """The manifest as indented JSON with one artifact per line: readable, and written by the C
+    encoder (an indented dump of 10,000 objects takes Python's pure encoder a third of a second)."""
+    objects = manifest["artifacts"]["objects"]
+    placeholder = "\u0000objects\u0000"
+    shell = {**manifest, "artifacts": {**manifest["artifacts"], "objects": placeholder}}
+    text = json.dumps(shell, indent=1, sort_keys=True)
+    encode = json.JSONEncoder(sort_keys=True).encode
+    body = "[\n" + ",\n".join("   " + encode(o) for o in objects) + "\n  ]" if objects else "[]"
+    return text.replace(json.dumps(placeholder), body, 1) + "\n"
 
 
 def new_backup_id() -> str:
@@ -331,17 +390,21 @@ def take_backup(
                 t0 = time.monotonic()
                 with output.step(f"database snapshot ({backend.kind})"):
                     db = _snapshot_db(backend, staging, "backend", sample_runs=sample_runs)
+                    # The finished dump is hashed on another thread while the artifacts are copied.
+                    dump_hash = parallel.Background(sha256_file, staging / db["dump"])
                 timings["database"] = time.monotonic() - t0
                 t0 = time.monotonic()
                 stats = _Copied()
                 with output.step(f"artifacts from {artifacts_uri}"):
                     objects = _copy_artifacts(source, repo, previous, stats)
                 timings["artifacts"] = time.monotonic() - t0
+                db["dump_sha256"] = dump_hash.result()
                 auth_info = None
                 if auth:
                     t0 = time.monotonic()
                     with output.step(f"auth database snapshot ({auth.kind})"):
                         auth_info = _snapshot_db(auth, staging, "auth", sample_runs=0)
+                        auth_info["dump_sha256"] = sha256_file(staging / auth_info["dump"])
                         auth_info.pop("sample", None)
                     timings["auth"] = time.monotonic() - t0
                 manifest = {
@@ -362,7 +425,7 @@ def take_backup(
                     },
                     "stats": {**stats.__dict__, "seconds": {k: round(v, 3) for k, v in timings.items()}},
                 }
-                (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+                (staging / MANIFEST).write_text(manifest_text(manifest))
                 repo.store.flush()
                 _publish(repo, staging, backup_id)
                 published = True

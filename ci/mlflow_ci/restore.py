@@ -10,6 +10,10 @@ Verification has two halves:
    registered model, version (numbers, source runs, creation times) and alias, the sampled runs'
    artifacts listed and some downloaded through the artifact proxy, and the experiment count.
 
+The database is restored and counted first; the server then starts and reads the database back
+on a thread while the artifacts are copied (on a few threads: :mod:`mlflow_ci.parallel`), and
+reads the artifacts through the proxy once they are all in place.
+
 Ids, timestamps and version numbers are preserved because the database is restored from a
 dump, not re-created through the API (which renumbers versions and assigns new run ids).
 """
@@ -22,11 +26,11 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import output
+from . import output, parallel
 from .artifact_stores import ArtifactStore, LocalStore, store_for
 from .backends import Backend, backend_for, redact
 from .backup import BackupRepo, object_key, sha256_file
@@ -130,7 +134,7 @@ def restore_backup(
         if server_check:
             from .tracking import PreparedServer
 
-            # The read-back server imports MLflow while the stores are being filled.
+            # The read-back server imports MLflow while the database is being restored.
             work = workdir or Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="mlflow-ci-restore-"))
             )
@@ -139,30 +143,49 @@ def restore_backup(
         t0 = time.monotonic()
         with output.step(f"database ({backend.kind})"):
             _restore_db(repo, manifest, backend, manifest["backend"])
-        seconds["database"] = round(time.monotonic() - t0, 3)
-        t0 = time.monotonic()
-        with output.step(f"artifacts into {artifacts_uri}"):
-            copied = _restore_artifacts(repo, manifest, target)
-        if auth is not None:
-            with output.step(f"auth database ({auth.kind})"):
+            if auth is not None:
                 _restore_db(repo, manifest, auth, manifest["auth"])
-        report.data["artifacts_copied"] = copied
-        for item in verify_against_manifest(manifest, backend, target, auth):
+        # Row counts and revision are read before any server opens the database.
+        db_checks = verify_database(manifest, backend, auth)
+        seconds["database"] = round(time.monotonic() - t0, 3)
+        # The server starts and reads runs, metric histories and models back (the database is
+        # complete) while the artifacts are copied; the artifacts are read through it afterwards.
+        read_back = (
+            parallel.Background(_start_and_read_database, server, manifest) if server is not None else None
+        )
+        try:
+            t0 = time.monotonic()
+            with output.step(f"artifacts into {artifacts_uri}"):
+                copied = _restore_artifacts(repo, manifest, target)
+                report.data["artifacts_copied"] = copied
+                artifact_check = verify_artifacts(manifest, target)
+            seconds["artifacts_and_manifest_checks"] = round(time.monotonic() - t0, 3)
+        except BaseException:
+            if read_back is not None:
+                read_back.join()  # the copy's error is the one to report; the server is then stopped
+            raise
+        for item in [*db_checks, artifact_check]:
             report.add(item)
-        seconds["artifacts_and_manifest_checks"] = round(time.monotonic() - t0, 3)
-        if server is not None:
+        if read_back is not None:
             t0 = time.monotonic()
             with output.step("read back through a tracking server"):
-                try:
-                    server.start()
-                except InfraError as error:
-                    report.add(check("server starts on the restored stores", False, expected="/health answers",
-                                     found="did not start", detail=str(error)))  # fmt: skip
-                    return report
-                for item in verify_through_server(server.url, manifest):
+                started, server_checks = read_back.result()
+                for item in server_checks:
                     report.add(item)
+                if started:
+                    report.add(verify_artifacts_through_server(server.url, manifest))
+            # What the server check adds after the copy (its start and database reads overlap it).
             seconds["server_read_back"] = round(time.monotonic() - t0, 3)
     return report
+
+
+def _start_and_read_database(server: Any, manifest: Mapping[str, Any]) -> tuple[bool, list[Check]]:
+    try:
+        server.start()
+    except InfraError as error:
+        return False, [check("server starts on the restored stores", False, expected="/health answers",
+                             found="did not start", detail=str(error))]  # fmt: skip
+    return True, verify_through_server(server.url, manifest, artifacts=False)
 
 
 def _server_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -187,42 +210,47 @@ def _restore_db(
 
 def _restore_artifacts(repo: BackupRepo, manifest: Mapping[str, Any], target: ArtifactStore) -> int:
     """Copy every object into the target, checking each against its SHA-256 (its name in the backup)."""
-    copied = 0
     local = isinstance(target, LocalStore)
     if local:
         target.durable = False  # one sync at the end instead of an fsync per file
     repo_root = str(repo.local_root) if repo.local_root is not None else None
     made: set[str] = set()
-    for obj in manifest["artifacts"]["objects"]:
-        key = object_key(obj["sha256"])
-        if local and repo_root is not None:
-            # Local to local (the common drill): one read per object, copy and hash together.
-            hasher = hashlib.sha256()
-            try:
-                target.write_new(os.path.join(repo_root, key), obj["key"], hasher, made)
-            except FileNotFoundError:
-                raise InfraError(f"Backup object {key} is missing: the backup is damaged.",
-                                 hint="Restore an older backup (`--backup ID`) into new, empty stores.") from None  # fmt: skip
-            found = hasher.hexdigest()
-        else:
-            with repo.materialize(key) as blob:
-                if local:
-                    hasher = hashlib.sha256()
-                    target.copy_in(blob, obj["key"], hasher)
-                    found = hasher.hexdigest()
-                else:
-                    found = sha256_file(blob)
-                    if found == obj["sha256"]:
-                        target.put(blob, obj["key"])
-        if found != obj["sha256"]:
-            raise InfraError(
-                f"Backup object for {obj['key']} is damaged (SHA-256 {found[:12]}..., expected "
-                f"{obj['sha256'][:12]}...).",
-                hint="Restore an older backup (`--backup ID`) into new, empty stores.",
-            )
-        copied += 1
+
+    def restore_batch(batch: Sequence[Mapping[str, Any]]) -> list[None]:
+        for obj in batch:
+            key = object_key(obj["sha256"])
+            if local and repo_root is not None:
+                # Local to local (the common drill): one read per object, copy and hash together.
+                hasher = hashlib.sha256()
+                try:
+                    target.write_new(os.path.join(repo_root, key), obj["key"], hasher, made)
+                except FileNotFoundError:
+                    raise InfraError(f"Backup object {key} is missing: the backup is damaged.",
+                                     hint="Restore an older backup (`--backup ID`) into new, empty stores.") from None  # fmt: skip
+                found = hasher.hexdigest()
+            else:
+                with repo.materialize(key) as blob:
+                    if local:
+                        hasher = hashlib.sha256()
+                        target.copy_in(blob, obj["key"], hasher)
+                        found = hasher.hexdigest()
+                    else:
+                        found = sha256_file(blob)
+                        if found == obj["sha256"]:
+                            target.put(blob, obj["key"])
+            if found != obj["sha256"]:
+                raise InfraError(
+                    f"Backup object for {obj['key']} is damaged (SHA-256 {found[:12]}..., expected "
+                    f"{obj['sha256'][:12]}...).",
+                    hint="Restore an older backup (`--backup ID`) into new, empty stores.",
+                )
+        return []
+
+    objects = manifest["artifacts"]["objects"]
+    remote = not local or repo_root is None
+    parallel.map_batches(restore_batch, objects, threads=parallel.copy_threads(remote=remote))
     target.flush()
-    return copied
+    return len(objects)
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,8 +265,10 @@ def _diff_counts(expected: Mapping[str, int], found: Mapping[str, int]) -> list[
     return out
 
 
-def verify_against_manifest(manifest: Mapping[str, Any], backend: Backend, target: ArtifactStore,
-                            auth: Backend | None = None) -> list[Check]:  # fmt: skip
+def verify_database(
+    manifest: Mapping[str, Any], backend: Backend, auth: Backend | None = None
+) -> list[Check]:
+    """Schema revision and the row count of every table, against the manifest."""
     db = manifest["backend"]
     checks = [
         check("schema revision", backend.schema_revision() == db["schema_revision"],
@@ -252,6 +282,11 @@ def verify_against_manifest(manifest: Mapping[str, Any], backend: Backend, targe
         adiff = _diff_counts(manifest["auth"]["row_counts"], auth.row_counts())
         checks.append(check("auth database row counts", not adiff, expected="equal to the manifest",
                             found="all equal" if not adiff else "; ".join(adiff[:10])))  # fmt: skip
+    return checks
+
+
+def verify_artifacts(manifest: Mapping[str, Any], target: ArtifactStore) -> Check:
+    """Every artifact's key and size in the target, against the manifest (no more, no fewer)."""
     want = {o["key"]: o["size"] for o in manifest["artifacts"]["objects"]}
     have = {o.key: o.size for o in target.list()}
     missing = sorted(set(want) - set(have))
@@ -261,10 +296,14 @@ def verify_against_manifest(manifest: Mapping[str, Any], backend: Backend, targe
     problems = [f"missing {missing[:3]}" if missing else "", f"size differs {wrong[:3]}" if wrong else "",
                 f"unexpected {extra[:3]}" if extra else ""]  # fmt: skip
     ok = not (missing or wrong or extra)
-    checks.append(check("artifacts (key, size; checksums verified while copying)", ok,
-                        expected=f"{len(want)} objects, {sum(want.values())} bytes",
-                        found=found if ok else "; ".join(p for p in problems if p)))  # fmt: skip
-    return checks
+    return check("artifacts (key, size; checksums verified while copying)", ok,
+                 expected=f"{len(want)} objects, {sum(want.values())} bytes",
+                 found=found if ok else "; ".join(p for p in problems if p))  # fmt: skip
+
+
+def verify_against_manifest(manifest: Mapping[str, Any], backend: Backend, target: ArtifactStore,
+                            auth: Backend | None = None) -> list[Check]:  # fmt: skip
+    return [*verify_database(manifest, backend, auth), verify_artifacts(manifest, target)]
 
 
 def _norm(value: Any) -> Any:
@@ -279,8 +318,9 @@ def _artifact_prefix(artifact_uri: str | None) -> str | None:
     return None
 
 
-def verify_through_server(url: str, manifest: Mapping[str, Any]) -> list[Check]:
-    """Read the sample back through the MLflow REST API and compare it field by field."""
+def verify_through_server(url: str, manifest: Mapping[str, Any], *, artifacts: bool = True) -> list[Check]:
+    """Read the sample back through the MLflow REST API and compare it field by field
+    (``artifacts=False``: everything but the artifacts, which need the artifact store filled)."""
     from mlflow import MlflowClient
     from mlflow.entities import ViewType
 
@@ -368,9 +408,20 @@ def verify_through_server(url: str, manifest: Mapping[str, Any]) -> list[Check]:
         checks.append(check("experiments read back", want_exps == got_exps, expected=str(want_exps),
                             found=str(got_exps)))  # fmt: skip
 
-        # Artifacts through the proxy.
-        checks.append(_check_artifacts_via_server(client, sample, manifest))
+        if artifacts:
+            checks.append(_check_artifacts_via_server(client, sample, manifest))
     return checks
+
+
+def verify_artifacts_through_server(url: str, manifest: Mapping[str, Any]) -> Check:
+    """The sampled runs' artifacts listed, and a few downloaded, through the artifact proxy."""
+    from mlflow import MlflowClient
+
+    from .tracking import client_settings
+
+    with client_settings(url):
+        return _check_artifacts_via_server(MlflowClient(tracking_uri=url), manifest["backend"].get("sample") or {},
+                                           manifest)  # fmt: skip
 
 
 # The server's bulk history endpoint (the one MLflow's UI charts read) returns at most this many
@@ -442,13 +493,20 @@ def _check_artifacts_via_server(client: Any, sample: Mapping[str, Any], manifest
     problems: list[str] = []
     checked = downloaded = 0
     skipped_foreign = 0
-    for run in sample.get("runs", []):
+    runs = sample.get("runs", [])
+
+    def list_batch(batch: Sequence[Mapping[str, Any]]) -> list[dict[str, int] | None]:
+        return [_list_recursive(client, r["run_id"]) if _artifact_prefix(r.get("artifact_uri")) else None
+                for r in batch]  # fmt: skip
+
+    # Each listing is a few independent requests: several runs at a time.
+    listings = parallel.map_batches(list_batch, runs, threads=8, batch=1)
+    for run, got in zip(runs, listings, strict=True):
         prefix = _artifact_prefix(run.get("artifact_uri"))
-        if prefix is None:
+        if prefix is None or got is None:
             skipped_foreign += 1
             continue
         want = {o["key"][len(prefix) + 1 :]: o for o in objects if o["key"].startswith(prefix + "/")}
-        got = _list_recursive(client, run["run_id"])
         checked += 1
         if {k: o["size"] for k, o in want.items()} != got:
             problems.append(f"{run['run_id']}: {len(want)} artifacts expected, {len(got)} listed")

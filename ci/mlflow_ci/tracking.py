@@ -220,7 +220,7 @@ class TrackingServer:
                 )
             if check_health(self.url, timeout=1.0):
                 return
-            time.sleep(0.25)
+            time.sleep(0.05)
         raise InfraError(
             f"mlflow server at {self.url} did not answer /health within {self.startup_timeout:.0f}s. "
             f"Last lines of {self.log_path}:\n{proc.tail(self._read_log(), 20)}",
