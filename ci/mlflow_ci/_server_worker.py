@@ -19,6 +19,7 @@ def main() -> None:
     # isort: off
     import uvicorn  # first: MLflow's server module installs its security middleware when it sees it
     import mlflow.server
+    import mlflow.server.fastapi_app  # the app uvicorn serves: builds it now (reads stores per request)
     import mlflow.server.handlers
     import mlflow.store.model_registry.sqlalchemy_store
     import mlflow.store.tracking.sqlalchemy_store

@@ -12,7 +12,10 @@ Layout of a backup repository (a local folder or an ``s3://``/``wasbs://`` prefi
     backups/<id>/backend.<ext>   the database dump (auth.<ext> for the auth database)
     latest                       the id of the newest complete backup
 
-Atomicity: objects are written to a temporary name, fsynced and renamed.  On a local folder a
+Atomicity: on a local folder, objects up to 1 MiB are written straight under their name and
+larger ones under a temporary name then renamed, all synced once before the manifest is
+published; only objects a published manifest names are trusted by later backups, so one torn
+by a crash is written again.  On object stores each put is atomic.  On a local folder a
 backup is assembled in ``backups/.partial-<id>``, fsynced and renamed into place, and only
 then is ``latest`` replaced (atomically).  On object stores the manifest is written last and
 is the commit point.  A backup killed midway therefore leaves the previous one intact and

@@ -11,8 +11,8 @@ Verification has two halves:
    artifacts listed and some downloaded through the artifact proxy, and the experiment count.
 
 The database is restored and counted first; the server then starts and reads the database back
-on a thread while the artifacts are copied (on a few threads: :mod:`mlflow_ci.parallel`), and
-reads the artifacts through the proxy once they are all in place.
+on a thread while the artifacts are copied (on several threads when an object store is involved:
+:mod:`mlflow_ci.parallel`), and reads the artifacts through the proxy once they are all in place.
 
 Ids, timestamps and version numbers are preserved because the database is restored from a
 dump, not re-created through the API (which renumbers versions and assigns new run ids).
@@ -299,11 +299,6 @@ def verify_artifacts(manifest: Mapping[str, Any], target: ArtifactStore) -> Chec
     return check("artifacts (key, size; checksums verified while copying)", ok,
                  expected=f"{len(want)} objects, {sum(want.values())} bytes",
                  found=found if ok else "; ".join(p for p in problems if p))  # fmt: skip
-
-
-def verify_against_manifest(manifest: Mapping[str, Any], backend: Backend, target: ArtifactStore,
-                            auth: Backend | None = None) -> list[Check]:  # fmt: skip
-    return [*verify_database(manifest, backend, auth), verify_artifacts(manifest, target)]
 
 
 def _norm(value: Any) -> Any:

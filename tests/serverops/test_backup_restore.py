@@ -464,3 +464,35 @@ def test_an_object_torn_by_a_killed_backup_is_written_again(tmp_path: Path) -> N
                    "--artifacts-destination", str(tmp_path / "r-art"), "--no-server-check")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "r-art" / "late.txt").read_bytes() == content
+
+
+def test_a_read_back_server_that_does_not_start_fails_the_restore_after_the_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server starts on a thread beside the artifact copy: when it cannot start, the copy
+    still completes and is checked, and the report fails on the server check (no traceback)."""
+    from mlflow_ci.errors import InfraError
+    from mlflow_ci.restore import restore_backup
+    from mlflow_ci.tracking import PreparedServer
+
+    db, art = tmp_path / "s.db", tmp_path / "art"
+    with TrackingServer(tmp_path / "src", backend_store_uri=_sqlite(db), artifacts_destination=str(art)) as s:
+        populate(s.url, runs=2)
+    manifest = take_backup(
+        backend_store_uri=_sqlite(db), artifacts_uri=str(art), destination=str(tmp_path / "bk")
+    )
+
+    def refuse(self: PreparedServer) -> PreparedServer:
+        raise InfraError("port taken (simulated)")
+
+    monkeypatch.setattr(PreparedServer, "start", refuse)
+    report = restore_backup(source=str(tmp_path / "bk"), backend_store_uri=_sqlite(tmp_path / "r.db"),
+                            artifacts_uri=str(tmp_path / "r-art"), workdir=tmp_path / "verify")  # fmt: skip
+    by_name = {c.name: c for c in report.checks}
+    assert report.verdict == "fail"
+    assert by_name["server starts on the restored stores"].failed
+    assert "port taken" in by_name["server starts on the restored stores"].detail
+    assert by_name["row counts"].verdict == "pass"
+    assert by_name["artifacts (key, size; checksums verified while copying)"].verdict == "pass"
+    assert "run artifacts through the artifact proxy" not in by_name
+    assert report.data["artifacts_copied"] == manifest["artifacts"]["count"]
