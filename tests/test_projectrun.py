@@ -120,3 +120,18 @@ def test_train_prints_only_the_run_id_on_stdout(tracking_server: TrackingServer,
     run = mlflow.MlflowClient(tracking_server.url).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.project.backend"] == "local"
+
+
+def test_local_runs_the_entry_point_with_mlflow_cis_own_interpreter(
+    tracking_server: TrackingServer, tmp_path: Path
+) -> None:
+    """`local` means the environment mlflow-ci runs in: `python` in the MLproject command is this
+    interpreter (the tiny project imports mlflow) even when its venv is not on PATH."""
+    import sys
+
+    project = make_project(tmp_path / "p", "pass\n")
+    venv_bin = os.path.dirname(sys.executable)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin)
+    result, report = smoke_json(project, tracking_server.url, env={"PATH": path})
+    assert report is not None, result.stderr
+    assert verdicts(report)["entry point"] == "pass", report.get("output_tail")

@@ -14,8 +14,10 @@ and on a timeout its whole process tree is stopped (:func:`mlflow_ci.proc.kill_t
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,19 @@ def param_value(value: object) -> str:
     return str(value)
 
 
+def run_env(env_manager: str) -> dict[str, str]:
+    """The entry point's extra environment.  With ``local`` the project runs in the environment
+    mlflow-ci runs in, so its interpreter's folder comes first on PATH: ``python`` in the
+    MLproject command is this interpreter even when its venv was not activated."""
+    env = dict(RUN_ENV)
+    if env_manager == "local":
+        here = os.path.dirname(sys.executable)
+        path = os.environ.get("PATH", "")
+        if path.split(os.pathsep)[0] != here:
+            env["PATH"] = here + (os.pathsep + path if path else "")
+    return env
+
+
 def equivalent_command(project: Path, entry_point: str, parameters: dict[str, str], env_manager: str,
                        experiment: str) -> str:  # fmt: skip
     """The ``mlflow run`` command line that does the same, for people to reproduce it."""
@@ -78,7 +93,7 @@ def run_project(
     run_id: str | None = None
     with output.step(f"mlflow run {project.name} -e {entry_point} ({env_manager})"):
         output.info("$ " + equivalent_command(project, entry_point, parameters, env_manager, experiment))
-        with tracking.client_settings(tracking_uri), proc.scoped_environ(RUN_ENV):
+        with tracking.client_settings(tracking_uri), proc.scoped_environ(run_env(env_manager)):
             from mlflow import MlflowClient
 
             client = MlflowClient(tracking_uri)
