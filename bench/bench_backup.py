@@ -253,7 +253,7 @@ def main() -> dict[str, object]:
             rounds.append(ours_round_trip(work / f"ours-{i}", gen["uri"], work / "src-art"))
             r = rounds[-1]
             print(f"round {i + 1}: backup {r['backup']:.2f}s, restore {r['restore']:.2f}s "
-                  f"(read-back through a server {r['read_back']:.2f}s)", flush=True)  # fmt: skip
+                  f"(read-back left after the copy {r['read_back']:.2f}s)", flush=True)  # fmt: skip
         median = sorted(rounds, key=lambda r: r["all"])[len(rounds) // 2]
         last = work / f"ours-{REPEATS - 1}"
         t_backup, t_restore, fixed, manifest = (

@@ -237,6 +237,13 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
         os.makedirs(objects_dir, exist_ok=True)
     made: set[str] = set()
 
+    def object_path(sha: str) -> str:
+        folder = os.path.join(objects_dir, sha[:2])
+        if folder not in made:
+            os.makedirs(folder, exist_ok=True)
+            made.add(folder)
+        return os.path.join(folder, sha)
+
     def claim(sha: str, size: int) -> bool:
         """True for the one copy that adds ``sha`` to the repository (counted), False if held."""
         with lock:
@@ -269,11 +276,7 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
                             data = fh.read()
                         sha = hashlib.sha256(data).hexdigest()
                         if claim(sha, len(data)):
-                            folder = os.path.join(objects_dir, sha[:2])
-                            if folder not in made:
-                                os.makedirs(folder, exist_ok=True)
-                                made.add(folder)
-                            with open(os.path.join(folder, sha), "wb") as out:
+                            with open(object_path(sha), "wb") as out:
                                 out.write(data)
                         done.append((n, sha, len(data)))
                         continue
@@ -284,11 +287,7 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
                         size = _copy_hashing(str(path), incoming, hasher)
                         sha = hasher.hexdigest()
                         if claim(sha, size):
-                            folder = os.path.join(objects_dir, sha[:2])
-                            if folder not in made:
-                                os.makedirs(folder, exist_ok=True)
-                                made.add(folder)
-                            os.replace(incoming, os.path.join(folder, sha))
+                            os.replace(incoming, object_path(sha))
                         else:
                             os.unlink(incoming)
                     else:
@@ -315,6 +314,8 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
 
 
 def _snapshot_db(backend: Backend, staging: Path, stem: str, **kw: Any) -> dict[str, Any]:
+    """The dump's manifest entry; the caller adds ``dump_sha256`` (the backend's dump is hashed
+    while the artifacts are copied)."""
     dump = staging / f"{stem}{backend.dump_suffix}"
     snap = backend.snapshot(dump, **kw)
     return {
@@ -322,7 +323,6 @@ def _snapshot_db(backend: Backend, staging: Path, stem: str, **kw: Any) -> dict[
         "uri": redact(backend.uri),
         "dump": dump.name,
         "dump_size": dump.stat().st_size,
-        "dump_sha256": None,  # filled in by the caller (hashed while the artifacts are copied)
         "tool": snap.tool,
         "schema_revision": snap.schema_revision,
         "row_counts": snap.row_counts,
@@ -331,8 +331,8 @@ def _snapshot_db(backend: Backend, staging: Path, stem: str, **kw: Any) -> dict[
 
 
 def manifest_text(manifest: Mapping[str, Any]) -> str:
-    """The manifest as indented JSON with one artifact per line: readable, and written by the C
-    encoder (an indented dump of 10,000 objects takes Python's pure encoder a third of a second)."""
+    """The manifest as indented JSON, one artifact per line (10,000 artifacts: 10,000 lines, not
+    60,000), the artifacts written by the C encoder."""
     objects = manifest["artifacts"]["objects"]
     placeholder = "\u0000objects\u0000"
     shell = {**manifest, "artifacts": {**manifest["artifacts"], "objects": placeholder}}
