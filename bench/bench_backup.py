@@ -9,12 +9,13 @@ run.  Both are compared per run, for time and for what survives (run ids, start 
 metric histories, artifacts).
 
 Goal: backup + restore at least 1,000x faster per run than export + import, with nothing lost.
-Two ratios are printed: with every cost counted (the restore as the command runs it, including
-its read-back through a started server, whose start and database reads overlap the artifact
-copy: one server start and a fixed-size sample, which does not grow with the number of runs),
-and per run without the part of that read-back left after the copy.  Ours is repeated
-``BENCH_BACKUP_REPEATS`` times (3) in new folders and the median round is reported; the
-baseline, at about 0.5 s per run, runs once.
+Two ratios are printed, each from its own measured commands: with every cost counted (backup,
+then the restore as the command runs it by default, including its read-back through a started
+MLflow server: one server start, whose import of MLflow alone costs seconds of CPU here, and a
+fixed-size sample, neither of which grows with the number of runs), and backup plus
+``restore --no-server-check`` (the manifest checks only: the data path).  Ours is repeated
+``BENCH_BACKUP_REPEATS`` times (3) in new folders and the median is reported; the baseline, at
+about 0.3-0.7 s per run, runs once.
 
 ``mlflow-migration`` needs Python >= 3.12: the benchmark builds a venv with pyenv's 3.12 once
 (``BENCH_MIGRATION_VENV``, default ``.nox/_mlflow_migration``).  Knobs: ``BENCH_BACKUP_RUNS``
@@ -27,6 +28,7 @@ import os
 import random
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -218,23 +220,27 @@ def _timed(argv: list[str], env: dict[str, str]) -> float:
 
 
 def ours_round_trip(work: Path, uri: str, artifacts: Path) -> dict[str, Any]:
-    """One backup into a new repository, then ``restore`` exactly as the command runs it: into
-    empty stores, checked against the manifest, then read back through a server (the server's
-    process imports MLflow while the stores are filled)."""
+    """One backup into a new repository, then ``restore`` twice, into new empty stores each time:
+    as the command runs by default (checked against the manifest, then read back through a
+    server whose process imports MLflow while the stores are filled), and with
+    ``--no-server-check`` (the manifest checks only: the data path, which grows with the runs)."""
     t0 = time.perf_counter()
     manifest = take_backup(
         backend_store_uri=uri, artifacts_uri=str(artifacts), destination=str(work / "repo")
     )
     t_backup = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    report = restore_backup(source=str(work / "repo"), backend_store_uri=f"sqlite:///{work / 'dst.db'}",
-                            artifacts_uri=str(work / "dst-art"), workdir=work / "verify")  # fmt: skip
-    t_restore = time.perf_counter() - t0
-    if report.verdict != "pass":
-        raise SystemExit(f"restore did not verify:\n{report.to_markdown()}")
-    read_back = float(report.data["seconds"]["server_read_back"])
-    return {"backup": t_backup, "restore": t_restore, "read_back": read_back,
-            "data_path": t_backup + t_restore - read_back, "all": t_backup + t_restore, "manifest": manifest}  # fmt: skip
+    timed = {}
+    for mode, server_check in (("restore", True), ("restore_data", False)):
+        t0 = time.perf_counter()
+        report = restore_backup(source=str(work / "repo"), backend_store_uri=f"sqlite:///{work / mode}.db",
+                                artifacts_uri=str(work / f"{mode}-art"), workdir=work / f"{mode}-verify",
+                                server_check=server_check)  # fmt: skip
+        timed[mode] = time.perf_counter() - t0
+        if report.verdict != "pass":
+            raise SystemExit(f"restore did not verify:\n{report.to_markdown()}")
+    return {"backup": t_backup, "restore": timed["restore"], "restore_data": timed["restore_data"],
+            "data_path": t_backup + timed["restore_data"], "all": t_backup + timed["restore"],
+            "manifest": manifest}  # fmt: skip
 
 
 def main() -> dict[str, object]:
@@ -252,14 +258,14 @@ def main() -> dict[str, object]:
         for i in range(REPEATS):
             rounds.append(ours_round_trip(work / f"ours-{i}", gen["uri"], work / "src-art"))
             r = rounds[-1]
-            print(f"round {i + 1}: backup {r['backup']:.2f}s, restore {r['restore']:.2f}s "
-                  f"(read-back left after the copy {r['read_back']:.2f}s)", flush=True)  # fmt: skip
+            print(f"round {i + 1}: backup {r['backup']:.2f}s, restore {r['restore']:.2f}s, "
+                  f"restore --no-server-check {r['restore_data']:.2f}s", flush=True)  # fmt: skip
         median = sorted(rounds, key=lambda r: r["all"])[len(rounds) // 2]
         last = work / f"ours-{REPEATS - 1}"
-        t_backup, t_restore, fixed, manifest = (
+        t_backup, t_restore, t_restore_data, manifest = (
             median["backup"],
             median["restore"],
-            median["read_back"],
+            median["restore_data"],
             median["manifest"],
         )
         t0 = time.perf_counter()
@@ -271,19 +277,19 @@ def main() -> dict[str, object]:
         # sample of runs, models and aliases) that does not grow with the number of runs; the
         # data path (backup, database restore, artifact copy, manifest checks) is what does.
         ours_per_run = median["all"] / gen["runs"]
-        marginal = median["data_path"] / gen["runs"]
+        marginal = statistics.median(r["data_path"] for r in rounds) / gen["runs"]
         results.update(backup_s=round(t_backup, 2), restore_s=round(t_restore, 2),
                        rounds_all_s=[round(r["all"], 2) for r in rounds],
                        incremental_backup_s=round(t_incremental, 2), ours_per_run_ms=round(ours_per_run * 1000, 4),
-                       ours_per_run_data_path_ms=round(marginal * 1000, 4), read_back_s=round(fixed, 2),
+                       ours_per_run_data_path_ms=round(marginal * 1000, 4), restore_no_server_check_s=round(t_restore_data, 2),
                        artifacts=manifest["artifacts"]["count"])  # fmt: skip
 
         bin_dir = migration_bin()
         with TrackingServer(work / "src-server", backend_store_uri=gen["uri"],
                             artifacts_destination=str(work / "src-art")) as src:  # fmt: skip
             source_view = view(src.url, "bench_sample")
-            with TrackingServer(work / "dst-server", backend_store_uri=f"sqlite:///{last / 'dst.db'}",
-                                artifacts_destination=str(last / "dst-art")) as restored:  # fmt: skip
+            with TrackingServer(work / "dst-server", backend_store_uri=f"sqlite:///{last / 'restore.db'}",
+                                artifacts_destination=str(last / "restore-art")) as restored:  # fmt: skip
                 ours = fidelity(source_view, view(restored.url, "bench_sample"))
             if bin_dir is None:
                 print(
@@ -313,13 +319,13 @@ def main() -> dict[str, object]:
     print(f"{'runs':34} {N_RUNS + SAMPLE:>26} {SAMPLE:>18}")
     print(f"{'seconds (backup / export)':34} {t_backup:>26.2f} {t_export:>18.2f}")
     print(f"{'seconds (restore+checks / import)':34} {t_restore:>26.2f} {t_import:>18.2f}")
-    print(f"{'  of which read-back after the copy':34} {fixed:>26.2f} {'':>18}")
+    print(f"{'seconds (restore --no-server-check)':34} {t_restore_data:>26.2f} {'':>18}")
     print(f"{'ms per run (all costs)':34} {ours_per_run * 1000:>26.4f} {base_per_run * 1000:>18.2f}")
-    print(f"{'ms per run (data path)':34} {marginal * 1000:>26.4f} {'':>18}")
+    print(f"{'ms per run (no server check)':34} {marginal * 1000:>26.4f} {'':>18}")
     for key in ours:
         print(f"{key + ' (sample)':34} {ours[key]:>26} {theirs[key]:>18}")
     print(f"\nratio per run, mlflow-migration / mlflow-ci: {ratio:,.0f}x with every cost counted, "
-          f"{ratio_marginal:,.0f}x without the fixed read-back left after the copy (goal >= {GOAL:,.0f}x)"
+          f"{ratio_marginal:,.0f}x with restore --no-server-check (goal >= {GOAL:,.0f}x)"
           f"; incremental re-backup of all {N_RUNS + SAMPLE} runs: {t_incremental:.2f}s")  # fmt: skip
     lossless = all(v.split("/")[0] == v.split("/")[1] for v in ours.values())
     results["goal_met_all_costs"] = ratio >= GOAL and lossless

@@ -17,6 +17,7 @@ Credentials never come from the URI: S3 uses the usual ``AWS_*`` variables and
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -83,6 +84,27 @@ def _copy_hashing(src: str, dst: str, hasher: Any) -> int:
     return size
 
 
+def _make_folders(folder: str, made: set[str]) -> None:
+    """``os.makedirs(folder, exist_ok=True)`` that creates only the levels below the nearest
+    folder in ``made`` without looking each one up first (filling a store makes two new folders
+    per run under one already made); every folder it leaves in place is added to ``made``."""
+    missing = []
+    current = folder
+    while current not in made:
+        parent = os.path.dirname(current)
+        if parent == current:  # nothing known yet: let makedirs find out
+            os.makedirs(folder, exist_ok=True)
+            made.update(missing)
+            made.add(folder)
+            return
+        missing.append(current)
+        current = parent
+    for level in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(level)
+        made.add(level)
+
+
 def _join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
 
@@ -101,8 +123,9 @@ class LocalStore:
     durable: bool = True
     scheme: ClassVar[str] = "file"
 
-    @property
+    @functools.cached_property
     def root(self) -> Path:
+        # Resolved once: a restore asks for it once per object.
         parsed = urlparse(self.uri)
         path = parsed.path if parsed.scheme == "file" else self.uri
         return Path(path).resolve()
@@ -205,8 +228,7 @@ class LocalStore:
         target = os.path.join(str(self.root), key)
         folder = os.path.dirname(target)
         if folder not in made:
-            os.makedirs(folder, exist_ok=True)
-            made.add(folder)
+            _make_folders(folder, made)
         _copy_hashing(src, target, hasher)
 
     def copy_in(self, src: Path, key: str, hasher: Any) -> None:

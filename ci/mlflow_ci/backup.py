@@ -488,9 +488,10 @@ def prune(repo: BackupRepo, *, keep: int) -> dict[str, Any]:
 
 
 def _mlflow_version() -> str:
-    import mlflow
+    # From the installed distribution's metadata: importing mlflow for its version costs seconds.
+    from importlib.metadata import version
 
-    return str(mlflow.__version__)
+    return version("mlflow")
 
 
 # --------------------------------------------------------------------------------------------

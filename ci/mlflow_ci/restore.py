@@ -10,9 +10,11 @@ Verification has two halves:
    registered model, version (numbers, source runs, creation times) and alias, the sampled runs'
    artifacts listed and some downloaded through the artifact proxy, and the experiment count.
 
-The database is restored and counted first; the server then starts and reads the database back
-on a thread while the artifacts are copied (on several threads when an object store is involved:
-:mod:`mlflow_ci.parallel`), and reads the artifacts through the proxy once they are all in place.
+The artifacts are copied (on several threads when an object store is involved:
+:mod:`mlflow_ci.parallel`), the sampled runs' first, while on another thread the database is
+restored and counted, the server started on it and the database read back, then the sampled
+runs' artifacts read through the proxy once they are in place.  A damaged dump stops the copy;
+a damaged object stops the read-back.
 
 Ids, timestamps and version numbers are preserved because the database is restored from a
 dump, not re-created through the API (which renumbers versions and assigns new run ids).
@@ -25,6 +27,7 @@ import hashlib
 import math
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -134,58 +137,113 @@ def restore_backup(
         if server_check:
             from .tracking import PreparedServer
 
-            # The read-back server imports MLflow while the database is being restored.
+            # The read-back server imports MLflow while the stores are filled.
             work = workdir or Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="mlflow-ci-restore-"))
             )
             server = stack.enter_context(PreparedServer(Path(work) / "server", backend_store_uri=backend_store_uri,
                                                         artifacts_destination=artifacts_uri, env=_server_env(env)))  # fmt: skip
+        sample_first, rest = _sample_objects_first(manifest)
+        side = _DatabaseSide(repo, manifest, backend, auth, server, seconds)
         t0 = time.monotonic()
-        with output.step(f"database ({backend.kind})"):
-            _restore_db(repo, manifest, backend, manifest["backend"])
-            if auth is not None:
-                _restore_db(repo, manifest, auth, manifest["auth"])
-        # Row counts and revision are read before any server opens the database.
-        db_checks = verify_database(manifest, backend, auth)
-        seconds["database"] = round(time.monotonic() - t0, 3)
-        # The server starts and reads runs, metric histories and models back (the database is
-        # complete) while the artifacts are copied; the artifacts are read through it afterwards.
-        read_back = (
-            parallel.Background(_start_and_read_database, server, manifest) if server is not None else None
-        )
-        try:
-            t0 = time.monotonic()
-            with output.step(f"artifacts into {artifacts_uri}"):
-                copied = _restore_artifacts(repo, manifest, target)
+        with output.step(f"database ({backend.kind}) and artifacts into {artifacts_uri}"):
+            # The database is restored, counted and read back through the server on another thread
+            # while the artifacts are copied, the sampled runs' first: the server reads those
+            # through its artifact proxy while the rest are written.
+            background = parallel.Background(side.run)
+            try:
+                local = _prepare_target(target)
+                copied = _restore_artifacts(repo, sample_first, target, local=local, stop=side.failed)
+                side.sample_copied.set()
+                copied += _restore_artifacts(repo, rest, target, local=local, stop=side.failed)
+                target.flush()
                 report.data["artifacts_copied"] = copied
                 artifact_check = verify_artifacts(manifest, target)
+            except BaseException as error:
+                side.abandon()
+                if isinstance(error, _Stopped):
+                    background.result()  # raises the database side's error, which stopped the copy
+                background.join()
+                raise
             seconds["artifacts_and_manifest_checks"] = round(time.monotonic() - t0, 3)
-        except BaseException:
-            if read_back is not None:
-                read_back.join()  # the copy's error is the one to report; the server is then stopped
-            raise
-        for item in [*db_checks, artifact_check]:
+        t0 = time.monotonic()
+        with output.step("database checks and read-back through a tracking server" if server is not None
+                         else "database checks"):  # fmt: skip
+            db_checks, server_checks = background.result()
+        # What the database side and the server add after the copy (both overlap it).
+        seconds["server_read_back"] = round(time.monotonic() - t0, 3)
+        for item in [*db_checks, artifact_check, *server_checks]:
             report.add(item)
-        if read_back is not None:
-            t0 = time.monotonic()
-            with output.step("read back through a tracking server"):
-                started, server_checks = read_back.result()
-                for item in server_checks:
-                    report.add(item)
-                if started:
-                    report.add(verify_artifacts_through_server(server.url, manifest))
-            # What the server check adds after the copy (its start and database reads overlap it).
-            seconds["server_read_back"] = round(time.monotonic() - t0, 3)
     return report
 
 
-def _start_and_read_database(server: Any, manifest: Mapping[str, Any]) -> tuple[bool, list[Check]]:
-    try:
-        server.start()
-    except InfraError as error:
-        return False, [check("server starts on the restored stores", False, expected="/health answers",
-                             found="did not start", detail=str(error))]  # fmt: skip
-    return True, verify_through_server(server.url, manifest, artifacts=False)
+class _Stopped(Exception):
+    """The artifact copy stopped because the database side failed (its error is the one raised)."""
+
+
+class _DatabaseSide:
+    """The database restore and checks, then the read-back through a started server: run on a
+    thread beside the artifact copy (:meth:`run`).  ``failed`` is set if it raises, which stops
+    the copy; the server's artifact checks wait for ``sample_copied``."""
+
+    def __init__(self, repo: BackupRepo, manifest: Mapping[str, Any], backend: Backend, auth: Backend | None,
+                 server: Any, seconds: dict[str, float]) -> None:  # fmt: skip
+        self.repo, self.manifest, self.backend, self.auth, self.server = repo, manifest, backend, auth, server
+        self.seconds = seconds
+        self.failed = threading.Event()
+        self.sample_copied = threading.Event()
+        self._abandoned = False
+
+    def abandon(self) -> None:
+        """The copy failed: do not wait for the sample's artifacts."""
+        self._abandoned = True
+        self.sample_copied.set()
+
+    def run(self) -> tuple[list[Check], list[Check]]:
+        try:
+            return self._run()
+        except BaseException:
+            self.failed.set()
+            raise
+
+    def _run(self) -> tuple[list[Check], list[Check]]:
+        t0 = time.monotonic()
+        _restore_db(self.repo, self.manifest, self.backend, self.manifest["backend"])
+        if self.auth is not None:
+            _restore_db(self.repo, self.manifest, self.auth, self.manifest["auth"])
+        # Row counts and revision are read before any server opens the database.
+        db_checks = verify_database(self.manifest, self.backend, self.auth)
+        self.seconds["database"] = round(time.monotonic() - t0, 3)
+        if self.server is None or self._abandoned:
+            return db_checks, []
+        t0 = time.monotonic()
+        try:
+            self.server.start()
+        except InfraError as error:
+            return db_checks, [check("server starts on the restored stores", False, expected="/health answers",
+                                     found="did not start", detail=str(error))]  # fmt: skip
+        server_checks = verify_through_server(self.server.url, self.manifest, artifacts=False)
+        self.sample_copied.wait()
+        if not self._abandoned:
+            server_checks.append(verify_artifacts_through_server(self.server.url, self.manifest))
+        self.seconds["server"] = round(time.monotonic() - t0, 3)
+        return db_checks, server_checks
+
+
+def _sample_objects_first(
+    manifest: Mapping[str, Any],
+) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """The manifest's objects split into those of the read-back sample's runs and the rest."""
+    prefixes = tuple(
+        prefix + "/"
+        for run in (manifest["backend"].get("sample") or {}).get("runs", [])
+        if (prefix := _artifact_prefix(run.get("artifact_uri")))
+    )
+    first: list[Mapping[str, Any]] = []
+    rest: list[Mapping[str, Any]] = []
+    for obj in manifest["artifacts"]["objects"]:
+        (first if prefixes and obj["key"].startswith(prefixes) else rest).append(obj)
+    return first, rest
 
 
 def _server_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -208,16 +266,25 @@ def _restore_db(
         backend.restore(dump)
 
 
-def _restore_artifacts(repo: BackupRepo, manifest: Mapping[str, Any], target: ArtifactStore) -> int:
-    """Copy every object into the target, checking each against its SHA-256 (its name in the backup)."""
-    local = isinstance(target, LocalStore)
-    if local:
-        target.durable = False  # one sync at the end instead of an fsync per file
+def _prepare_target(target: ArtifactStore) -> bool:
+    """True for a local folder, which is then written without an fsync per file (one sync at the end)."""
+    if isinstance(target, LocalStore):
+        target.durable = False
+        return True
+    return False
+
+
+def _restore_artifacts(repo: BackupRepo, objects: Sequence[Mapping[str, Any]], target: ArtifactStore, *,
+                       local: bool, stop: threading.Event) -> int:  # fmt: skip
+    """Copy ``objects`` into the target, checking each against its SHA-256 (its name in the
+    backup); raises :class:`_Stopped` before the next object once ``stop`` is set."""
     repo_root = str(repo.local_root) if repo.local_root is not None else None
     made: set[str] = set()
 
     def restore_batch(batch: Sequence[Mapping[str, Any]]) -> list[None]:
         for obj in batch:
+            if stop.is_set():
+                raise _Stopped()
             key = object_key(obj["sha256"])
             if local and repo_root is not None:
                 # Local to local (the common drill): one read per object, copy and hash together.
@@ -246,10 +313,8 @@ def _restore_artifacts(repo: BackupRepo, manifest: Mapping[str, Any], target: Ar
                 )
         return []
 
-    objects = manifest["artifacts"]["objects"]
     remote = not local or repo_root is None
     parallel.map_batches(restore_batch, objects, threads=parallel.copy_threads(remote=remote))
-    target.flush()
     return len(objects)
 
 
@@ -404,19 +469,16 @@ def verify_through_server(url: str, manifest: Mapping[str, Any], *, artifacts: b
                             found=str(got_exps)))  # fmt: skip
 
         if artifacts:
-            checks.append(_check_artifacts_via_server(client, sample, manifest))
+            checks.append(_check_artifacts_via_server(url, sample, manifest))
     return checks
 
 
 def verify_artifacts_through_server(url: str, manifest: Mapping[str, Any]) -> Check:
-    """The sampled runs' artifacts listed, and a few downloaded, through the artifact proxy."""
-    from mlflow import MlflowClient
-
+    """The sampled runs' artifacts listed, and some downloaded, through the artifact proxy."""
     from .tracking import client_settings
 
     with client_settings(url):
-        return _check_artifacts_via_server(MlflowClient(tracking_uri=url), manifest["backend"].get("sample") or {},
-                                           manifest)  # fmt: skip
+        return _check_artifacts_via_server(url, manifest["backend"].get("sample") or {}, manifest)
 
 
 # The server's bulk history endpoint (the one MLflow's UI charts read) returns at most this many
@@ -473,28 +535,38 @@ def _metric_histories(
     return {pair: _sorted_points(points) for pair, points in out.items()}
 
 
-def _list_recursive(client: Any, run_id: str, path: str | None = None) -> dict[str, int]:
+def _list_recursive(repo: Any, path: str | None = None) -> dict[str, int]:
     out: dict[str, int] = {}
-    for info in client.list_artifacts(run_id, path):
+    for info in repo.list_artifacts(path):
         if info.is_dir:
-            out.update(_list_recursive(client, run_id, info.path))
+            out.update(_list_recursive(repo, info.path))
         else:
             out[info.path] = int(info.file_size or 0)
     return out
 
 
-def _check_artifacts_via_server(client: Any, sample: Mapping[str, Any], manifest: Mapping[str, Any]) -> Check:
+def _check_artifacts_via_server(url: str, sample: Mapping[str, Any], manifest: Mapping[str, Any]) -> Check:
+    """Each sampled run's folder listed through the server's artifact proxy with MLflow's own
+    client for it (one request per folder: the run's location is in the sample already), and
+    the first file of the first few runs downloaded and checksummed."""
+    from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
+
     objects = manifest["artifacts"]["objects"]
     problems: list[str] = []
     checked = downloaded = 0
     skipped_foreign = 0
     runs = sample.get("runs", [])
+    proxy = url.rstrip("/") + "/api/2.0/mlflow-artifacts/artifacts"
+
+    def repo_for(run: Mapping[str, Any]) -> Any:
+        return HttpArtifactRepository(f"{proxy}/{_artifact_prefix(run.get('artifact_uri'))}")
 
     def list_batch(batch: Sequence[Mapping[str, Any]]) -> list[dict[str, int] | None]:
-        return [_list_recursive(client, r["run_id"]) if _artifact_prefix(r.get("artifact_uri")) else None
-                for r in batch]  # fmt: skip
+        return [
+            _list_recursive(repo_for(r)) if _artifact_prefix(r.get("artifact_uri")) else None for r in batch
+        ]
 
-    # Each listing is a few independent requests: several runs at a time.
+    # Each listing is a request or a few: several runs at a time.
     listings = parallel.map_batches(list_batch, runs, threads=8, batch=1)
     for run, got in zip(runs, listings, strict=True):
         prefix = _artifact_prefix(run.get("artifact_uri"))
@@ -509,7 +581,7 @@ def _check_artifacts_via_server(client: Any, sample: Mapping[str, Any], manifest
         if want and downloaded < 3:
             path, obj = sorted(want.items())[0]
             with tempfile.TemporaryDirectory(prefix="mlflow-ci-dl-") as tmp:
-                local = client.download_artifacts(run["run_id"], path, tmp)
+                local = repo_for(run).download_artifacts(path, tmp)
                 if sha256_file(Path(local)) != obj["sha256"]:
                     problems.append(f"{run['run_id']}/{path}: checksum differs after download")
             downloaded += 1

@@ -1,0 +1,69 @@
+"""Unit tests of the restore's own logic (no service): what is copied first, and when it stops."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from mlflow_ci import restore
+from mlflow_ci.artifact_stores import LocalStore, _make_folders
+from mlflow_ci.backup import BackupRepo, object_key
+
+
+def _manifest(keys: list[str], sample_prefixes: list[str]) -> dict:
+    runs = [{"run_id": p.split("/")[1], "artifact_uri": f"mlflow-artifacts:/{p}"} for p in sample_prefixes]
+    runs.append({"run_id": "elsewhere", "artifact_uri": "s3://other-bucket/1/elsewhere/artifacts"})
+    return {"backend": {"sample": {"runs": runs}},
+            "artifacts": {"objects": [{"key": k, "sha256": f"{i:064x}", "size": 1} for i, k in enumerate(keys)]}}  # fmt: skip
+
+
+def test_the_sampled_runs_objects_come_first_in_the_stores_order() -> None:
+    keys = ["1/aa/artifacts/x", "1/ab/artifacts/y", "1/aab/artifacts/z", "1/aa/artifacts/sub/w", "2/cc/artifacts/v"]
+    first, rest = restore._sample_objects_first(_manifest(keys, ["1/aa/artifacts", "2/cc/artifacts"]))
+    assert [o["key"] for o in first] == ["1/aa/artifacts/x", "1/aa/artifacts/sub/w", "2/cc/artifacts/v"]
+    # A run whose id merely starts like a sampled one ("aab" after "aa") is not in the sample.
+    assert [o["key"] for o in rest] == ["1/ab/artifacts/y", "1/aab/artifacts/z"]
+    # No sampled run on the proxied store: everything is "rest", nothing lost.
+    first, rest = restore._sample_objects_first(_manifest(keys, []))
+    assert first == [] and [o["key"] for o in rest] == keys
+
+
+def _repo_with(tmp_path: Path, contents: list[bytes]) -> tuple[BackupRepo, list[dict]]:
+    repo = BackupRepo.open(str(tmp_path / "bk"))
+    objects = []
+    for i, data in enumerate(contents):
+        sha = hashlib.sha256(data).hexdigest()
+        path = tmp_path / "bk" / object_key(sha)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        objects.append({"key": f"1/run{i}/artifacts/f.txt", "sha256": sha, "size": len(data)})
+    return repo, objects
+
+
+def test_the_copy_writes_and_checks_each_object_and_stops_once_told(tmp_path: Path) -> None:
+    repo, objects = _repo_with(tmp_path, [f"object {i}\n".encode() for i in range(5)])
+    target = LocalStore(str(tmp_path / "dst"))
+    stop = threading.Event()
+    assert restore._restore_artifacts(repo, objects, target, local=True, stop=stop) == 5
+    assert sorted(o.key for o in target.list()) == sorted(o["key"] for o in objects)
+    assert (tmp_path / "dst" / "1/run3/artifacts/f.txt").read_bytes() == b"object 3\n"
+
+    stop.set()  # the database side failed: nothing more is written
+    with pytest.raises(restore._Stopped):
+        restore._restore_artifacts(repo, objects, LocalStore(str(tmp_path / "dst2")), local=True, stop=stop)
+    assert not (tmp_path / "dst2").exists()
+
+
+def test_make_folders_creates_every_missing_level_and_tolerates_existing_ones(tmp_path: Path) -> None:
+    made: set[str] = set()
+    deep = str(tmp_path / "a" / "b" / "c")
+    _make_folders(deep, made)
+    assert os.path.isdir(deep) and deep in made and str(tmp_path / "a") in made
+    # Two new levels under a known folder; one level that exists already but is not known.
+    (tmp_path / "a" / "x").mkdir()
+    _make_folders(str(tmp_path / "a" / "x" / "y"), made)
+    _make_folders(str(tmp_path / "a" / "r" / "s"), made)
+    assert (tmp_path / "a" / "x" / "y").is_dir() and (tmp_path / "a" / "r" / "s").is_dir()
