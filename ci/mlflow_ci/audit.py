@@ -18,6 +18,7 @@ rewrite history consistently.  The workflows print the head hash in the job log,
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from .errors import ConfigError, InfraError
+from .locking import Lease, acquire
 from .registry import (
     Connection,
     aliases_or_empty,
@@ -305,6 +307,19 @@ def observe(conn: Connection, intent: Entry) -> tuple[Phase, str | None, str]:
     return "abort", None, "unknown operation; recorded as not applied"
 
 
+@contextlib.contextmanager
+def registry_change(conn: Connection, model: str, *, operation: str, actor: Any, registry: Any,
+                    wait: float = 0.0) -> Iterator[tuple[Lease, AuditLog]]:  # fmt: skip
+    """How every registry change (register, promote, rollback) begins: the model's lease, then,
+    under it, the audit log with any intent a killed change left settled.  ``actor`` has ``who``
+    and ``workflow_run``; ``registry`` is the policy's ``registry`` section."""
+    with acquire(conn, model, operation=operation, actor=actor.who, seconds=registry.lease_seconds,
+                 wait=wait) as lease:  # fmt: skip
+        log = AuditLog(conn, registry.audit_experiment)
+        reconcile(log, model, who=actor.who, workflow_run=actor.workflow_run)
+        yield lease, log
+
+
 def reconcile(log: AuditLog, model: str, *, who: str, workflow_run: str | None = None) -> Entry | None:
     """Settle a pending intent of ``model`` (caller holds the lease). Returns the entry appended."""
     intent = log.pending(model)
@@ -408,7 +423,6 @@ def verify(
     """Check ``model``'s chain and compare it with the registry. ``reconcile_with`` (an actor)
     settles a pending intent first, under the model's lease."""
     from .errors import ConcurrentChange
-    from .locking import acquire
 
     report = Report(kind="audit", title=f"audit log of model {model!r}", tracking_uri=log.conn.server)
     if reconcile_with and log.pending(model) is not None:

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from . import faults, lineage, output
-from .audit import AuditLog, Entry, observe, reconcile
+from .audit import AuditLog, Entry, observe, registry_change
 from .errors import CheckFailed, ConcurrentChange, ConfigError, PolicyError
-from .locking import Lease, acquire
+from .locking import Lease
 from .policy import Policy, PromotionRule
 from .registry import (
     Connection,
@@ -298,15 +298,8 @@ def promote(
     if report.verdict == "pass":
         faults.point("prepared")
         try:
-            with acquire(
-                conn,
-                name,
-                operation=f"promote v{chosen} to @{to}",
-                actor=actor.who,
-                seconds=policy.registry.lease_seconds,
-            ) as lease:
-                log = AuditLog(conn, policy.registry.audit_experiment)
-                reconcile(log, name, who=actor.who, workflow_run=actor.workflow_run)
+            with registry_change(conn, name, operation=f"promote v{chosen} to @{to}", actor=actor,
+                                 registry=policy.registry) as (lease, log):  # fmt: skip
                 now = aliases(conn, name)
                 if now.get(to) != expected_from or now.get(source) != chosen:
                     raise ConcurrentChange(

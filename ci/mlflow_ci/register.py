@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from . import faults, lineage, output
-from .audit import AuditLog, reconcile
+from .audit import registry_change
 from .errors import ConfigError
-from .locking import acquire
 from .policy import Policy
 from .promotion import Actor, move_alias, settle_after_failure
 from .registry import (
@@ -87,16 +86,8 @@ def register_run(
     from .tracking import client_settings
 
     run = get_run(conn, run_id)
-    with acquire(
-        conn,
-        model,
-        operation=f"register run {run_id}",
-        actor=actor.who,
-        seconds=policy.registry.lease_seconds,
-        wait=60,
-    ) as lease:
-        log = AuditLog(conn, policy.registry.audit_experiment)
-        reconcile(log, model, who=actor.who, workflow_run=actor.workflow_run)
+    with registry_change(conn, model, operation=f"register run {run_id}", actor=actor, registry=policy.registry,
+                         wait=60) as (lease, log):  # fmt: skip
         existing = version_for_run(conn, model, run_id)
         if existing is not None:
             return Registered(model, str(existing.version), run_id, False, dict(existing.tags or {}))

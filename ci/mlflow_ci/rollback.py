@@ -12,9 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from . import output
-from .audit import AuditLog, reconcile
+from .audit import registry_change
 from .errors import CheckFailed, ConcurrentChange, ConfigError
-from .locking import acquire
 from .promotion import Actor, move_alias
 from .registry import aliases, connect, get_version, load_command_policy, previous_tag
 from .report import Report, check
@@ -63,15 +62,8 @@ def rollback(
         run_id=target.run_id,
         run_url=conn.version_url(name, to_version),
     )
-    with acquire(
-        conn,
-        name,
-        operation=f"rollback @{alias} to v{to_version}",
-        actor=actor.who,
-        seconds=policy.registry.lease_seconds,
-    ) as lease:
-        log = AuditLog(conn, policy.registry.audit_experiment)
-        reconcile(log, name, who=actor.who, workflow_run=actor.workflow_run)
+    with registry_change(conn, name, operation=f"rollback @{alias} to v{to_version}", actor=actor,
+                         registry=policy.registry) as (lease, log):  # fmt: skip
         now = aliases(conn, name).get(alias)
         if now != current:
             raise ConcurrentChange(
