@@ -13,8 +13,8 @@ Verification has two halves:
 The artifacts are copied (on several threads when an object store is involved:
 :mod:`mlflow_ci.parallel`), the sampled runs' first, while on another thread the database is
 restored and counted, the server started on it and the database read back, then the sampled
-runs' artifacts read through the proxy once they are in place.  A damaged dump stops the copy;
-a damaged object stops the read-back.
+runs' artifacts read through the proxy once they are in place.  A damaged dump stops the copy
+at the next object; a damaged object fails the restore without the read-back's artifact checks.
 
 Ids, timestamps and version numbers are preserved because the database is restored from a
 dump, not re-created through the API (which renumbers versions and assigns new run ids).
@@ -105,6 +105,24 @@ def restore_backup(
 ) -> Report:
     """Restore one backup and return the verification report (``data["plan"]`` always set)."""
     env = dict(os.environ if env is None else env)
+    with contextlib.ExitStack() as stack:
+        server = None
+        if server_check and not dry_run:
+            from .tracking import PreparedServer
+
+            # The read-back server's process imports MLflow (seconds of CPU) while the backup is
+            # read, the targets are checked and the stores are filled; any error stops it.
+            work = workdir or Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="mlflow-ci-restore-"))
+            )
+            server = stack.enter_context(PreparedServer(Path(work) / "server", backend_store_uri=backend_store_uri,
+                                                        artifacts_destination=artifacts_uri, env=_server_env(env)))  # fmt: skip
+        return _restore(source=source, backend_store_uri=backend_store_uri, artifacts_uri=artifacts_uri,
+                        auth_db_uri=auth_db_uri, backup_id=backup_id, dry_run=dry_run, server=server, env=env)  # fmt: skip
+
+
+def _restore(*, source: str, backend_store_uri: str, artifacts_uri: str, auth_db_uri: str | None,
+             backup_id: str | None, dry_run: bool, server: Any, env: Mapping[str, str]) -> Report:  # fmt: skip
     repo = BackupRepo.open(source, env)
     manifest = repo.manifest(backup_id)
     backend = backend_for(backend_store_uri)
@@ -132,48 +150,37 @@ def restore_backup(
 
     seconds: dict[str, float] = {}
     report.data["seconds"] = seconds
-    with contextlib.ExitStack() as stack:
-        server = None
-        if server_check:
-            from .tracking import PreparedServer
-
-            # The read-back server imports MLflow while the stores are filled.
-            work = workdir or Path(
-                stack.enter_context(tempfile.TemporaryDirectory(prefix="mlflow-ci-restore-"))
-            )
-            server = stack.enter_context(PreparedServer(Path(work) / "server", backend_store_uri=backend_store_uri,
-                                                        artifacts_destination=artifacts_uri, env=_server_env(env)))  # fmt: skip
-        sample_first, rest = _sample_objects_first(manifest)
-        side = _DatabaseSide(repo, manifest, backend, auth, server, seconds)
-        t0 = time.monotonic()
-        with output.step(f"database ({backend.kind}) and artifacts into {artifacts_uri}"):
-            # The database is restored, counted and read back through the server on another thread
-            # while the artifacts are copied, the sampled runs' first: the server reads those
-            # through its artifact proxy while the rest are written.
-            background = parallel.Background(side.run)
-            try:
-                local = _prepare_target(target)
-                copied = _restore_artifacts(repo, sample_first, target, local=local, stop=side.failed)
-                side.sample_copied.set()
-                copied += _restore_artifacts(repo, rest, target, local=local, stop=side.failed)
-                target.flush()
-                report.data["artifacts_copied"] = copied
-                artifact_check = verify_artifacts(manifest, target)
-            except BaseException as error:
-                side.abandon()
-                if isinstance(error, _Stopped):
-                    background.result()  # raises the database side's error, which stopped the copy
-                background.join()
-                raise
-            seconds["artifacts_and_manifest_checks"] = round(time.monotonic() - t0, 3)
-        t0 = time.monotonic()
-        with output.step("database checks and read-back through a tracking server" if server is not None
-                         else "database checks"):  # fmt: skip
-            db_checks, server_checks = background.result()
-        # What the database side and the server add after the copy (both overlap it).
-        seconds["server_read_back"] = round(time.monotonic() - t0, 3)
-        for item in [*db_checks, artifact_check, *server_checks]:
-            report.add(item)
+    sample_first, rest = _sample_objects_first(manifest)
+    side = _DatabaseSide(repo, manifest, backend, auth, server, seconds)
+    t0 = time.monotonic()
+    with output.step(f"database ({backend.kind}) and artifacts into {artifacts_uri}"):
+        # The database is restored, counted and read back through the server on another thread
+        # while the artifacts are copied, the sampled runs' first: the server reads those
+        # through its artifact proxy while the rest are written.
+        background = parallel.Background(side.run)
+        try:
+            local = _prepare_target(target)
+            copied = _restore_artifacts(repo, sample_first, target, local=local, stop=side.failed)
+            side.sample_copied.set()
+            copied += _restore_artifacts(repo, rest, target, local=local, stop=side.failed)
+            target.flush()
+            report.data["artifacts_copied"] = copied
+            artifact_check = verify_artifacts(manifest, target)
+        except BaseException as error:
+            side.abandon()
+            if isinstance(error, _Stopped):
+                background.result()  # raises the database side's error, which stopped the copy
+            background.join()
+            raise
+        seconds["artifacts_and_manifest_checks"] = round(time.monotonic() - t0, 3)
+    t0 = time.monotonic()
+    with output.step("database checks and read-back through a tracking server" if server is not None
+                     else "database checks"):  # fmt: skip
+        db_checks, server_checks = background.result()
+    # What the database side and the server add after the copy (both overlap it).
+    seconds["server_read_back"] = round(time.monotonic() - t0, 3)
+    for item in [*db_checks, artifact_check, *server_checks]:
+        report.add(item)
     return report
 
 
