@@ -21,14 +21,21 @@ def _manifest(keys: list[str], sample_prefixes: list[str]) -> dict:
 
 
 def test_the_sampled_runs_objects_come_first_in_the_stores_order() -> None:
-    keys = ["1/aa/artifacts/x", "1/ab/artifacts/y", "1/aab/artifacts/z", "1/aa/artifacts/sub/w", "2/cc/artifacts/v"]
+    keys = [
+        "1/aa/artifacts/x",
+        "1/ab/artifacts/y",
+        "1/aab/artifacts/z",
+        "1/aa/artifacts/sub/w",
+        "2/cc/artifacts/v",
+    ]
     first, rest = restore._sample_objects_first(_manifest(keys, ["1/aa/artifacts", "2/cc/artifacts"]))
     assert [o["key"] for o in first] == ["1/aa/artifacts/x", "1/aa/artifacts/sub/w", "2/cc/artifacts/v"]
     # A run whose id merely starts like a sampled one ("aab" after "aa") is not in the sample.
     assert [o["key"] for o in rest] == ["1/ab/artifacts/y", "1/aab/artifacts/z"]
     # No sampled run on the proxied store: everything is "rest", nothing lost.
     first, rest = restore._sample_objects_first(_manifest(keys, []))
-    assert first == [] and [o["key"] for o in rest] == keys
+    assert first == []
+    assert [o["key"] for o in rest] == keys
 
 
 def _repo_with(tmp_path: Path, contents: list[bytes]) -> tuple[BackupRepo, list[dict]]:
@@ -61,9 +68,12 @@ def test_make_folders_creates_every_missing_level_and_tolerates_existing_ones(tm
     made: set[str] = set()
     deep = str(tmp_path / "a" / "b" / "c")
     _make_folders(deep, made)
-    assert os.path.isdir(deep) and deep in made and str(tmp_path / "a") in made
+    assert os.path.isdir(deep)
+    assert deep in made
+    assert str(tmp_path / "a") in made
     # Two new levels under a known folder; one level that exists already but is not known.
     (tmp_path / "a" / "x").mkdir()
     _make_folders(str(tmp_path / "a" / "x" / "y"), made)
     _make_folders(str(tmp_path / "a" / "r" / "s"), made)
-    assert (tmp_path / "a" / "x" / "y").is_dir() and (tmp_path / "a" / "r" / "s").is_dir()
+    assert (tmp_path / "a" / "x" / "y").is_dir()
+    assert (tmp_path / "a" / "r" / "s").is_dir()
