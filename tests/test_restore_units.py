@@ -77,3 +77,19 @@ def test_make_folders_creates_every_missing_level_and_tolerates_existing_ones(tm
     _make_folders(str(tmp_path / "a" / "r" / "s"), made)
     assert (tmp_path / "a" / "x" / "y").is_dir()
     assert (tmp_path / "a" / "r" / "s").is_dir()
+
+
+def test_the_backup_reads_mlflows_version_without_importing_it() -> None:
+    """The manifest's MLflow version comes from the package metadata (a backup must not pay for
+    importing MLflow) and is the version a server started from this environment runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from mlflow_ci.backup import _mlflow_version; v = _mlflow_version(); "
+            "print(v, 'mlflow' in sys.modules)")  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    import mlflow
+
+    assert out == [mlflow.__version__, "False"]

@@ -489,9 +489,14 @@ def prune(repo: BackupRepo, *, keep: int) -> dict[str, Any]:
 
 def _mlflow_version() -> str:
     # From the installed distribution's metadata: importing mlflow for its version costs seconds.
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    return version("mlflow")
+    for distribution in ("mlflow", "mlflow-skinny"):
+        with contextlib.suppress(PackageNotFoundError):
+            return version(distribution)
+    import mlflow
+
+    return str(mlflow.__version__)
 
 
 # --------------------------------------------------------------------------------------------
