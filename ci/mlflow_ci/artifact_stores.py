@@ -20,7 +20,6 @@ import contextlib
 import functools
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any, ClassVar, Protocol
 from urllib.parse import urlparse
 
 from .errors import ConfigError, InfraError
+from .fsutil import atomic_writer
 
 
 @dataclass(frozen=True)
@@ -178,20 +178,8 @@ class LocalStore:
             raise InfraError(f"Object {key} is missing from {self.root}.") from None
 
     def put(self, src: Path, key: str) -> None:
-        target = self.root / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-                shutil.copyfileobj(inp, out, 1 << 20)
-                if self.durable:
-                    out.flush()
-                    os.fsync(out.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with atomic_writer(self.root / key, durable=self.durable) as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
 
     def get_bytes(self, key: str) -> bytes | None:
         try:
@@ -200,19 +188,8 @@ class LocalStore:
             return None
 
     def put_bytes(self, data: bytes, key: str) -> None:
-        target = self.root / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with atomic_writer(self.root / key) as out:  # small pointers (``latest``): always synced
+            out.write(data)
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -233,22 +210,10 @@ class LocalStore:
 
     def copy_in(self, src: Path, key: str, hasher: Any) -> None:
         """Write ``src`` as ``key`` reading it once, feeding every block to ``hasher`` as well."""
-        target = self.root / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-                for block in iter(lambda: inp.read(1 << 20), b""):
-                    hasher.update(block)
-                    out.write(block)
-                if self.durable:
-                    out.flush()
-                    os.fsync(out.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with atomic_writer(self.root / key, durable=self.durable) as out, open(src, "rb") as inp:
+            for block in iter(lambda: inp.read(1 << 20), b""):
+                hasher.update(block)
+                out.write(block)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,25 +6,36 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
-def atomic_write_text(path: Path | str, text: str, *, encoding: str = "utf-8") -> Path:
+@contextlib.contextmanager
+def atomic_writer(path: Path | str, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` when the block ends without an error (synced to disk
+    first unless ``durable=False``, for callers that sync once at the end); on an error the
+    temporary file (``.<name>.*.tmp`` beside ``path``) is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding=encoding) as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return path
+
+
+def atomic_write_text(path: Path | str, text: str, *, encoding: str = "utf-8") -> Path:
+    with atomic_writer(path) as fh:
+        fh.write(text.encode(encoding))
+    return Path(path)
 
 
 def atomic_write_json(path: Path | str, data: Any) -> Path:
