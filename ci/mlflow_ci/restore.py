@@ -387,97 +387,136 @@ def _artifact_prefix(artifact_uri: str | None) -> str | None:
 
 def verify_through_server(url: str, manifest: Mapping[str, Any], *, artifacts: bool = True) -> list[Check]:
     """Read the sample back through the MLflow REST API and compare it field by field
-    (``artifacts=False``: everything but the artifacts, which need the artifact store filled)."""
+    (``artifacts=False``: everything but the artifacts, which need the artifact store filled).
+
+    A server that answers a read with an error fails that check (the restored stores do not read
+    back), with the server's message; a server that stopped answering is an infrastructure error."""
     from mlflow import MlflowClient
-    from mlflow.entities import ViewType
 
     from .tracking import client_settings
 
     sample = manifest["backend"].get("sample") or {}
-    checks: list[Check] = []
+    n_runs, n_models = len(sample.get("runs", [])), len(sample.get("registered_models", []))
     with client_settings(url):
         client = MlflowClient(tracking_uri=url)
-        # Runs and metric histories: one search for the runs, one bulk read per metric key.
-        run_problems: list[str] = []
-        metric_points = 0
-        wanted = sample.get("runs", [])
-        got_runs = _runs_by_id(client, wanted)
-        histories = _metric_histories(url, client, wanted)
-        for want in wanted:
-            run = got_runs.get(want["run_id"])
-            if run is None:
-                run_problems.append(f"{want['run_id']}: not found")
-                continue
-            got = {"experiment_id": run.info.experiment_id, "name": run.info.run_name, "status": run.info.status,
-                   "start_time": run.info.start_time, "end_time": run.info.end_time,
-                   "lifecycle_stage": run.info.lifecycle_stage}  # fmt: skip
-            for key, value in got.items():
-                if want[key] != value:
-                    run_problems.append(f"{want['run_id']} {key}: {want[key]!r} → {value!r}")
-            if dict(run.data.params) != want["params"]:
-                run_problems.append(f"{want['run_id']} params differ")
-            for key, points in want["metrics"].items():
-                got_points = histories.get((want["run_id"], key), [])
-                metric_points += len(got_points)
-                if got_points != points:
-                    run_problems.append(
-                        f"{want['run_id']} metric {key}: {len(points)} points → {len(got_points)}"
-                    )
-        n_runs = len(sample.get("runs", []))
-        checks.append(check("runs read back (ids, times, status, params, metric histories)", not run_problems,
-                            expected=f"{n_runs} sampled runs identical",
-                            found=f"{n_runs} runs, {metric_points} metric points identical" if not run_problems
-                            else "; ".join(run_problems[:5])))  # fmt: skip
-
-        # Registered models, versions, aliases.
-        model_problems: list[str] = []
-        want_versions = {(v["name"], int(v["version"])): v for v in sample.get("model_versions", [])}
-        got_versions: dict[tuple[str, int], Any] = {}
-        got_aliases: set[tuple[str, str, int]] = set()
-        names = [m["name"] for m in sample.get("registered_models", [])]
-        for name in names:
-            try:
-                rm = client.get_registered_model(name)
-            except Exception as exc:
-                model_problems.append(f"model {name}: {type(exc).__name__}")
-                continue
-            want_model = next(m for m in sample["registered_models"] if m["name"] == name)
-            if rm.creation_timestamp != want_model["creation_time"]:
-                model_problems.append(f"model {name} creation time changed")
-            for alias, version in (rm.aliases or {}).items():
-                got_aliases.add((name, alias, int(version)))
-            for mv in client.search_model_versions(f"name = '{name}'"):
-                got_versions[(name, int(mv.version))] = mv
-        for key, want in want_versions.items():
-            mv = got_versions.get(key)
-            if mv is None:
-                model_problems.append(f"{key[0]} v{key[1]} missing")
-                continue
-            if (mv.run_id, mv.source, mv.creation_timestamp) != (
-                want["run_id"],
-                want["source"],
-                want["creation_time"],
-            ):
-                model_problems.append(f"{key[0]} v{key[1]} run/source/creation time changed")
-        extra_versions = set(got_versions) - set(want_versions)
-        if extra_versions:
-            model_problems.append(f"unexpected versions {sorted(extra_versions)[:3]}")
-        want_aliases = {(a["name"], a["alias"], a["version"]) for a in sample.get("aliases", [])}
-        if got_aliases != want_aliases:
-            model_problems.append(f"aliases {sorted(want_aliases)} → {sorted(got_aliases)}")
-        checks.append(check("registered models, versions, aliases read back", not model_problems,
-                            expected=f"{len(names)} models, {len(want_versions)} versions, {len(want_aliases)} aliases",
-                            found="identical" if not model_problems else "; ".join(model_problems[:5])))  # fmt: skip
-
-        # Experiments.
-        want_exps = manifest["backend"]["row_counts"].get("experiments")
-        got_exps = len(client.search_experiments(view_type=ViewType.ALL, max_results=50000))
-        checks.append(check("experiments read back", want_exps == got_exps, expected=str(want_exps),
-                            found=str(got_exps)))  # fmt: skip
-
+        # One read after another: measured, reads on threads were slower (the first ones each
+        # open the server's stores, and the server's one worker serves them in turn).
+        checks = [
+            _guarded(url, "runs read back (ids, times, status, params, metric histories)",
+                     f"{n_runs} sampled runs identical", lambda: _check_runs(url, client, sample)),
+            _guarded(url, "registered models, versions, aliases read back",
+                     f"{n_models} models and their versions and aliases identical",
+                     lambda: _check_models(client, sample)),
+            _guarded(url, "experiments read back", str(manifest["backend"]["row_counts"].get("experiments")),
+                     lambda: _check_experiments(client, manifest)),
+        ]  # fmt: skip
         if artifacts:
-            checks.append(_check_artifacts_via_server(url, sample, manifest))
+            checks.append(_artifact_check(url, sample, manifest))
     return checks
+
+
+def _guarded(url: str, name: str, expected: str, read: Any) -> Check:
+    """``read()``'s check, or a failed one when the server answers the read with an error."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    from .errors import ServerUnreachable
+    from .tracking import check_health
+
+    try:
+        return read()  # type: ignore[no-any-return]
+    except (MlflowException, requests.RequestException) as exc:
+        if not check_health(url):
+            raise ServerUnreachable(
+                f"The read-back server at {url} stopped answering during the check {name!r}.",
+                hint="Its log is in the restore's work folder (server/server.log); the restored stores are in place.",
+            ) from None
+        message = (str(getattr(exc, "message", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+        return check(name, False, expected=expected, found=f"the server answered an error: {message[:300]}")
+
+
+def _check_runs(url: str, client: Any, sample: Mapping[str, Any]) -> Check:
+    """Runs and metric histories: one search for the runs, one bulk read per metric key."""
+    run_problems: list[str] = []
+    metric_points = 0
+    wanted = sample.get("runs", [])
+    got_runs = _runs_by_id(client, wanted)
+    histories = _metric_histories(url, client, wanted)
+    for want in wanted:
+        run = got_runs.get(want["run_id"])
+        if run is None:
+            run_problems.append(f"{want['run_id']}: not found")
+            continue
+        got = {"experiment_id": run.info.experiment_id, "name": run.info.run_name, "status": run.info.status,
+               "start_time": run.info.start_time, "end_time": run.info.end_time,
+               "lifecycle_stage": run.info.lifecycle_stage}  # fmt: skip
+        for key, value in got.items():
+            if want[key] != value:
+                run_problems.append(f"{want['run_id']} {key}: {want[key]!r} → {value!r}")
+        if dict(run.data.params) != want["params"]:
+            run_problems.append(f"{want['run_id']} params differ")
+        for key, points in want["metrics"].items():
+            got_points = histories.get((want["run_id"], key), [])
+            metric_points += len(got_points)
+            if got_points != points:
+                run_problems.append(
+                    f"{want['run_id']} metric {key}: {len(points)} points → {len(got_points)}"
+                )
+    return check("runs read back (ids, times, status, params, metric histories)", not run_problems,
+                 expected=f"{len(wanted)} sampled runs identical",
+                 found=f"{len(wanted)} runs, {metric_points} metric points identical" if not run_problems
+                 else "; ".join(run_problems[:5]))  # fmt: skip
+
+
+def _check_models(client: Any, sample: Mapping[str, Any]) -> Check:
+    """Registered models (creation times), every version (source run, source, creation time), aliases."""
+    model_problems: list[str] = []
+    want_versions = {(v["name"], int(v["version"])): v for v in sample.get("model_versions", [])}
+    got_versions: dict[tuple[str, int], Any] = {}
+    got_aliases: set[tuple[str, str, int]] = set()
+    names = [m["name"] for m in sample.get("registered_models", [])]
+    for want_model in sample.get("registered_models", []):
+        name = want_model["name"]
+        rm = client.get_registered_model(name)
+        if rm.creation_timestamp != want_model["creation_time"]:
+            model_problems.append(f"model {name} creation time changed")
+        for alias, version in (rm.aliases or {}).items():
+            got_aliases.add((name, alias, int(version)))
+        for mv in client.search_model_versions(f"name = '{name}'"):
+            got_versions[(name, int(mv.version))] = mv
+    for key, want in want_versions.items():
+        mv = got_versions.get(key)
+        if mv is None:
+            model_problems.append(f"{key[0]} v{key[1]} missing")
+            continue
+        if (mv.run_id, mv.source, mv.creation_timestamp) != (
+            want["run_id"],
+            want["source"],
+            want["creation_time"],
+        ):
+            model_problems.append(f"{key[0]} v{key[1]} run/source/creation time changed")
+    extra_versions = set(got_versions) - set(want_versions)
+    if extra_versions:
+        model_problems.append(f"unexpected versions {sorted(extra_versions)[:3]}")
+    want_aliases = {(a["name"], a["alias"], a["version"]) for a in sample.get("aliases", [])}
+    if got_aliases != want_aliases:
+        model_problems.append(f"aliases {sorted(want_aliases)} → {sorted(got_aliases)}")
+    return check("registered models, versions, aliases read back", not model_problems,
+                 expected=f"{len(names)} models, {len(want_versions)} versions, {len(want_aliases)} aliases",
+                 found="identical" if not model_problems else "; ".join(model_problems[:5]))  # fmt: skip
+
+
+def _check_experiments(client: Any, manifest: Mapping[str, Any]) -> Check:
+    from mlflow.entities import ViewType
+
+    want_exps = manifest["backend"]["row_counts"].get("experiments")
+    got_exps = len(client.search_experiments(view_type=ViewType.ALL, max_results=50000))
+    return check("experiments read back", want_exps == got_exps, expected=str(want_exps), found=str(got_exps))
+
+
+def _artifact_check(url: str, sample: Mapping[str, Any], manifest: Mapping[str, Any]) -> Check:
+    return _guarded(url, "run artifacts through the artifact proxy", "listing and checksums equal",
+                    lambda: _check_artifacts_via_server(url, sample, manifest))  # fmt: skip
 
 
 def verify_artifacts_through_server(url: str, manifest: Mapping[str, Any]) -> Check:
@@ -485,7 +524,7 @@ def verify_artifacts_through_server(url: str, manifest: Mapping[str, Any]) -> Ch
     from .tracking import client_settings
 
     with client_settings(url):
-        return _check_artifacts_via_server(url, manifest["backend"].get("sample") or {}, manifest)
+        return _artifact_check(url, manifest["backend"].get("sample") or {}, manifest)
 
 
 # The server's bulk history endpoint (the one MLflow's UI charts read) returns at most this many

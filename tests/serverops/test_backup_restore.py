@@ -208,9 +208,22 @@ def test_read_back_catches_a_history_that_differs(tmp_path: Path) -> None:
     ) as v:
         v.start()
         checks = verify_through_server(v.url, manifest)
+        # A restored database the server cannot read answers errors: that check fails with the
+        # server's message, the others still run (no exception, so no "internal error" exit).
+        with sqlite3.connect(target) as conn:
+            conn.execute("DROP TABLE params")
+            conn.execute("DROP TABLE model_versions")
+        broken = {c.name: c for c in verify_through_server(v.url, manifest)}
     runs_check = next(c for c in checks if c.name.startswith("runs read back"))
     assert runs_check.verdict == "fail"
     assert f"{victim} metric loss" in runs_check.found
+    assert next(c for c in checks if c.name.startswith("registered models")).verdict == "pass"
+    for name in ("runs read back (ids, times, status, params, metric histories)",
+                 "registered models, versions, aliases read back"):  # fmt: skip
+        assert broken[name].verdict == "fail"
+        assert broken[name].found.startswith("the server answered an error"), broken[name].found
+    assert broken["experiments read back"].verdict == "pass"
+    assert broken["run artifacts through the artifact proxy"].verdict == "pass"
 
 
 def test_prune_keeps_the_newest_and_their_objects(tmp_path: Path) -> None:
