@@ -132,6 +132,14 @@ def test_published_schema_matches_the_models() -> None:
     assert set(Policy.model_fields) <= set(published["properties"])
 
 
+def test_every_section_but_project_is_optional() -> None:
+    """A policy written before a section existed stays valid when the section is added
+    (docs/extending.md): only ``project`` is required, and a bare policy validates."""
+    required = [name for name, field in Policy.model_fields.items() if field.is_required()]
+    assert required == ["project"]
+    assert Policy.model_validate({"project": "bare"}).project == "bare"
+
+
 def test_example_policy_is_valid() -> None:
     loaded = load_policy(ROOT / "example_project" / "mlflow-ci.yaml", env={})
     assert loaded.policy.project == "example"
