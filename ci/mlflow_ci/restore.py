@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import tempfile
 import threading
@@ -38,6 +37,7 @@ from .artifact_stores import ArtifactStore, LocalStore, store_for
 from .backends import Backend, backend_for, redact
 from .backup import BackupRepo, object_key, sha256_file
 from .errors import CheckFailed, ConfigError, InfraError
+from .readback import artifact_prefix, verify_artifacts_through_server, verify_through_server
 from .report import Check, Report, check
 
 
@@ -244,7 +244,7 @@ def _sample_objects_first(
     prefixes = tuple(
         prefix + "/"
         for run in (manifest["backend"].get("sample") or {}).get("runs", [])
-        if (prefix := _artifact_prefix(run.get("artifact_uri")))
+        if (prefix := artifact_prefix(run.get("artifact_uri")))
     )
     first: list[Mapping[str, Any]] = []
     rest: list[Mapping[str, Any]] = []
@@ -371,271 +371,6 @@ def verify_artifacts(manifest: Mapping[str, Any], target: ArtifactStore) -> Chec
     return check("artifacts (key, size; checksums verified while copying)", ok,
                  expected=f"{len(want)} objects, {sum(want.values())} bytes",
                  found=found if ok else "; ".join(p for p in problems if p))  # fmt: skip
-
-
-def _norm(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
-    return value
-
-
-def _artifact_prefix(artifact_uri: str | None) -> str | None:
-    if artifact_uri and artifact_uri.startswith("mlflow-artifacts:"):
-        return artifact_uri.split(":", 1)[1].lstrip("/")
-    return None
-
-
-def verify_through_server(url: str, manifest: Mapping[str, Any], *, artifacts: bool = True) -> list[Check]:
-    """Read the sample back through the MLflow REST API and compare it field by field
-    (``artifacts=False``: everything but the artifacts, which need the artifact store filled).
-
-    A server that answers a read with an error fails that check (the restored stores do not read
-    back), with the server's message; a server that stopped answering is an infrastructure error."""
-    from mlflow import MlflowClient
-
-    from .tracking import client_settings
-
-    sample = manifest["backend"].get("sample") or {}
-    n_runs, n_models = len(sample.get("runs", [])), len(sample.get("registered_models", []))
-    with client_settings(url):
-        client = MlflowClient(tracking_uri=url)
-        # One read after another: measured, reads on threads were slower (the first ones each
-        # open the server's stores, and the server's one worker serves them in turn).
-        checks = [
-            _guarded(url, "runs read back (ids, times, status, params, metric histories)",
-                     f"{n_runs} sampled runs identical", lambda: _check_runs(url, client, sample)),
-            _guarded(url, "registered models, versions, aliases read back",
-                     f"{n_models} models and their versions and aliases identical",
-                     lambda: _check_models(client, sample)),
-            _guarded(url, "experiments read back", str(manifest["backend"]["row_counts"].get("experiments")),
-                     lambda: _check_experiments(client, manifest)),
-        ]  # fmt: skip
-        if artifacts:
-            checks.append(_artifact_check(url, sample, manifest))
-    return checks
-
-
-def _guarded(url: str, name: str, expected: str, read: Any) -> Check:
-    """``read()``'s check, or a failed one when the server answers the read with an error."""
-    import requests
-    from mlflow.exceptions import MlflowException
-
-    from .errors import ServerUnreachable
-    from .tracking import check_health
-
-    try:
-        return read()  # type: ignore[no-any-return]
-    except (MlflowException, requests.RequestException) as exc:
-        if not check_health(url):
-            raise ServerUnreachable(
-                f"The read-back server at {url} stopped answering during the check {name!r}.",
-                hint="Its log is in the restore's work folder (server/server.log); the restored stores are in place.",
-            ) from None
-        message = (str(getattr(exc, "message", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
-        return check(name, False, expected=expected, found=f"the server answered an error: {message[:300]}")
-
-
-def _check_runs(url: str, client: Any, sample: Mapping[str, Any]) -> Check:
-    """Runs and metric histories: one search for the runs, one bulk read per metric key."""
-    run_problems: list[str] = []
-    metric_points = 0
-    wanted = sample.get("runs", [])
-    got_runs = _runs_by_id(client, wanted)
-    histories = _metric_histories(url, client, wanted)
-    for want in wanted:
-        run = got_runs.get(want["run_id"])
-        if run is None:
-            run_problems.append(f"{want['run_id']}: not found")
-            continue
-        got = {"experiment_id": run.info.experiment_id, "name": run.info.run_name, "status": run.info.status,
-               "start_time": run.info.start_time, "end_time": run.info.end_time,
-               "lifecycle_stage": run.info.lifecycle_stage}  # fmt: skip
-        for key, value in got.items():
-            if want[key] != value:
-                run_problems.append(f"{want['run_id']} {key}: {want[key]!r} → {value!r}")
-        if dict(run.data.params) != want["params"]:
-            run_problems.append(f"{want['run_id']} params differ")
-        for key, points in want["metrics"].items():
-            got_points = histories.get((want["run_id"], key), [])
-            metric_points += len(got_points)
-            if got_points != points:
-                run_problems.append(
-                    f"{want['run_id']} metric {key}: {len(points)} points → {len(got_points)}"
-                )
-    return check("runs read back (ids, times, status, params, metric histories)", not run_problems,
-                 expected=f"{len(wanted)} sampled runs identical",
-                 found=f"{len(wanted)} runs, {metric_points} metric points identical" if not run_problems
-                 else "; ".join(run_problems[:5]))  # fmt: skip
-
-
-def _check_models(client: Any, sample: Mapping[str, Any]) -> Check:
-    """Registered models (creation times), every version (source run, source, creation time), aliases."""
-    model_problems: list[str] = []
-    want_versions = {(v["name"], int(v["version"])): v for v in sample.get("model_versions", [])}
-    got_versions: dict[tuple[str, int], Any] = {}
-    got_aliases: set[tuple[str, str, int]] = set()
-    names = [m["name"] for m in sample.get("registered_models", [])]
-    for want_model in sample.get("registered_models", []):
-        name = want_model["name"]
-        rm = client.get_registered_model(name)
-        if rm.creation_timestamp != want_model["creation_time"]:
-            model_problems.append(f"model {name} creation time changed")
-        for alias, version in (rm.aliases or {}).items():
-            got_aliases.add((name, alias, int(version)))
-        for mv in client.search_model_versions(f"name = '{name}'"):
-            got_versions[(name, int(mv.version))] = mv
-    for key, want in want_versions.items():
-        mv = got_versions.get(key)
-        if mv is None:
-            model_problems.append(f"{key[0]} v{key[1]} missing")
-            continue
-        if (mv.run_id, mv.source, mv.creation_timestamp) != (
-            want["run_id"],
-            want["source"],
-            want["creation_time"],
-        ):
-            model_problems.append(f"{key[0]} v{key[1]} run/source/creation time changed")
-    extra_versions = set(got_versions) - set(want_versions)
-    if extra_versions:
-        model_problems.append(f"unexpected versions {sorted(extra_versions)[:3]}")
-    want_aliases = {(a["name"], a["alias"], a["version"]) for a in sample.get("aliases", [])}
-    if got_aliases != want_aliases:
-        model_problems.append(f"aliases {sorted(want_aliases)} → {sorted(got_aliases)}")
-    return check("registered models, versions, aliases read back", not model_problems,
-                 expected=f"{len(names)} models, {len(want_versions)} versions, {len(want_aliases)} aliases",
-                 found="identical" if not model_problems else "; ".join(model_problems[:5]))  # fmt: skip
-
-
-def _check_experiments(client: Any, manifest: Mapping[str, Any]) -> Check:
-    from mlflow.entities import ViewType
-
-    want_exps = manifest["backend"]["row_counts"].get("experiments")
-    got_exps = len(client.search_experiments(view_type=ViewType.ALL, max_results=50000))
-    return check("experiments read back", want_exps == got_exps, expected=str(want_exps), found=str(got_exps))
-
-
-def _artifact_check(url: str, sample: Mapping[str, Any], manifest: Mapping[str, Any]) -> Check:
-    return _guarded(url, "run artifacts through the artifact proxy", "listing and checksums equal",
-                    lambda: _check_artifacts_via_server(url, sample, manifest))  # fmt: skip
-
-
-def verify_artifacts_through_server(url: str, manifest: Mapping[str, Any]) -> Check:
-    """The sampled runs' artifacts listed, and some downloaded, through the artifact proxy."""
-    from .tracking import client_settings
-
-    with client_settings(url):
-        return _artifact_check(url, manifest["backend"].get("sample") or {}, manifest)
-
-
-# The server's bulk history endpoint (the one MLflow's UI charts read) returns at most this many
-# points per run; longer histories are read with the paged per-run call instead.
-BULK_HISTORY_LIMIT = 25000
-BULK_HISTORY_RUNS = 100
-
-
-def _runs_by_id(client: Any, wanted: list[Mapping[str, Any]]) -> dict[str, Any]:
-    from mlflow.entities import ViewType
-
-    out: dict[str, Any] = {}
-    ids = [w["run_id"] for w in wanted]
-    experiments = sorted({str(w["experiment_id"]) for w in wanted})
-    for i in range(0, len(ids), 100):
-        chunk = ids[i : i + 100]
-        quoted = ", ".join(f"'{run_id}'" for run_id in chunk)
-        for run in client.search_runs(experiments, filter_string=f"attributes.run_id IN ({quoted})",
-                                      run_view_type=ViewType.ALL, max_results=len(chunk)):  # fmt: skip
-            out[run.info.run_id] = run
-    return out
-
-
-def _sorted_points(points: Any) -> list[list[Any]]:
-    return sorted(([p[0], p[1], _norm(p[2])] for p in points), key=lambda m: (m[0], m[1], str(m[2])))
-
-
-def _metric_histories(
-    url: str, client: Any, wanted: list[Mapping[str, Any]]
-) -> dict[tuple[str, str], list[Any]]:
-    """(run id, key) → sorted [step, timestamp, value] points, for every metric the sample names."""
-    from mlflow.utils.rest_utils import MlflowHostCreds, http_request
-
-    by_key: dict[str, list[str]] = {}
-    long: list[tuple[str, str]] = []
-    for want in wanted:
-        for key, points in want["metrics"].items():
-            if len(points) >= BULK_HISTORY_LIMIT:
-                long.append((want["run_id"], key))
-            else:
-                by_key.setdefault(key, []).append(want["run_id"])
-    out: dict[tuple[str, str], list[Any]] = {}
-    creds = MlflowHostCreds(url)
-    for key, run_ids in by_key.items():
-        for i in range(0, len(run_ids), BULK_HISTORY_RUNS):
-            response = http_request(creds, "/ajax-api/2.0/mlflow/metrics/get-history-bulk", "GET",
-                                    params={"run_id": run_ids[i : i + BULK_HISTORY_RUNS], "metric_key": key,
-                                            "max_results": BULK_HISTORY_LIMIT})  # fmt: skip
-            response.raise_for_status()
-            for m in response.json().get("metrics", []):
-                out.setdefault((m["run_id"], key), []).append((m["step"], m["timestamp"], m["value"]))
-    for run_id, key in long:
-        out[(run_id, key)] = [(m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key)]
-    return {pair: _sorted_points(points) for pair, points in out.items()}
-
-
-def _list_recursive(repo: Any, path: str | None = None) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for info in repo.list_artifacts(path):
-        if info.is_dir:
-            out.update(_list_recursive(repo, info.path))
-        else:
-            out[info.path] = int(info.file_size or 0)
-    return out
-
-
-def _check_artifacts_via_server(url: str, sample: Mapping[str, Any], manifest: Mapping[str, Any]) -> Check:
-    """Each sampled run's folder listed through the server's artifact proxy with MLflow's own
-    client for it (one request per folder: the run's location is in the sample already), and
-    the first file of the first few runs downloaded and checksummed."""
-    from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
-
-    objects = manifest["artifacts"]["objects"]
-    problems: list[str] = []
-    checked = downloaded = 0
-    skipped_foreign = 0
-    runs = sample.get("runs", [])
-    proxy = url.rstrip("/") + "/api/2.0/mlflow-artifacts/artifacts"
-
-    def repo_for(run: Mapping[str, Any]) -> Any:
-        return HttpArtifactRepository(f"{proxy}/{_artifact_prefix(run.get('artifact_uri'))}")
-
-    def list_batch(batch: Sequence[Mapping[str, Any]]) -> list[dict[str, int] | None]:
-        return [
-            _list_recursive(repo_for(r)) if _artifact_prefix(r.get("artifact_uri")) else None for r in batch
-        ]
-
-    # Each listing is a request or a few: several runs at a time.
-    listings = parallel.map_batches(list_batch, runs, threads=8, batch=1)
-    for run, got in zip(runs, listings, strict=True):
-        prefix = _artifact_prefix(run.get("artifact_uri"))
-        if prefix is None or got is None:
-            skipped_foreign += 1
-            continue
-        want = {o["key"][len(prefix) + 1 :]: o for o in objects if o["key"].startswith(prefix + "/")}
-        checked += 1
-        if {k: o["size"] for k, o in want.items()} != got:
-            problems.append(f"{run['run_id']}: {len(want)} artifacts expected, {len(got)} listed")
-            continue
-        if want and downloaded < 3:
-            path, obj = sorted(want.items())[0]
-            with tempfile.TemporaryDirectory(prefix="mlflow-ci-dl-") as tmp:
-                local = repo_for(run).download_artifacts(path, tmp)
-                if sha256_file(Path(local)) != obj["sha256"]:
-                    problems.append(f"{run['run_id']}/{path}: checksum differs after download")
-            downloaded += 1
-    found = f"{checked} runs listed, {downloaded} files downloaded, identical"
-    if skipped_foreign:
-        found += f"; {skipped_foreign} runs not on the proxied store were not checked"
-    return check("run artifacts through the artifact proxy", not problems, expected="listing and checksums equal",
-                 found=found if not problems else "; ".join(problems[:5]))  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
