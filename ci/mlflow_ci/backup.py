@@ -465,9 +465,15 @@ def _remove_partials(repo: BackupRepo) -> None:
 
 
 def prune(repo: BackupRepo, *, keep: int) -> dict[str, Any]:
-    """Keep the newest ``keep`` complete backups; delete older sets and objects no manifest names."""
+    """Keep the newest ``keep`` complete backups; delete older sets and objects no manifest names.
+
+    With no backup to delete the objects are not swept (listing every object of a large
+    repository costs more than the rest of a small backup): what a killed backup left is never
+    trusted, and goes with the next sweep."""
     ids = repo.backup_ids()
     doomed = ids[:-keep] if keep > 0 else []
+    if not doomed:
+        return {"backups_removed": [], "objects_removed": 0}
     for backup_id in doomed:
         for info in list(repo.store.list(f"backups/{backup_id}/")):
             if info.key.endswith(MANIFEST):
