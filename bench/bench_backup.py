@@ -9,7 +9,9 @@ run.  Both are compared per run, for time and for what survives (run ids, start 
 metric histories, artifacts).
 
 Goal: backup + restore at least 1,000x faster per run than export + import, with nothing lost.
-Three ratios are printed, each from its own measured commands: with every cost counted (backup,
+Both sides are timed as their commands run: ``mlflow-ci backup`` and ``mlflow-ci restore`` each
+in a new process, from start to exit (as a user or a workflow runs them), like the baseline's
+export and import.  Three ratios are printed, each from its own measured commands: with every cost counted (backup,
 then the restore as the command runs it by default, including its read-back through a started
 MLflow server: one server start, whose import of MLflow alone costs seconds of CPU here, and a
 fixed-size sample, neither of which grows with the number of runs), and backup plus
@@ -41,8 +43,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from mlflow_ci.backup import take_backup
-from mlflow_ci.restore import restore_backup
+from mlflow_ci.backup import BackupRepo
 from mlflow_ci.tracking import TrackingServer, client_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,25 +225,37 @@ def _timed(argv: list[str], env: dict[str, str]) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+CLI = [sys.executable, "-m", "mlflow_ci"]
+
+
+def _cli(*args: str) -> float:
+    """One ``mlflow-ci`` command in a new process, as a user or a workflow runs it: seconds."""
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("GITHUB_STEP_SUMMARY", None)
+    start = time.perf_counter()
+    done = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"mlflow-ci {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}"
+                         f"\n{done.stderr[-3000:]}")  # fmt: skip
+    return seconds
+
+
 def ours_round_trip(work: Path, uri: str, artifacts: Path, *, data_path: bool = True) -> dict[str, Any]:
-    """One backup into a new repository, then ``restore`` into new empty stores as the command
-    runs by default (checked against the manifest, then read back through a server whose process
-    imports MLflow while the stores are filled) and, with ``data_path``, again with
-    ``--no-server-check`` (the manifest checks only: the data path, which grows with the runs)."""
-    t0 = time.perf_counter()
-    manifest = take_backup(
-        backend_store_uri=uri, artifacts_uri=str(artifacts), destination=str(work / "repo")
-    )
-    t_backup = time.perf_counter() - t0
+    """``mlflow-ci backup`` into a new repository, then ``mlflow-ci restore`` into new empty
+    stores as the command runs by default (checked against the manifest, then read back through
+    a server whose process imports MLflow while the stores are filled) and, with ``data_path``,
+    again with ``--no-server-check`` (the manifest checks only: the data path, which grows with
+    the runs).  Each is the CLI in its own process, timed from start to exit; exit 0 means every
+    check passed."""
+    t_backup = _cli("backup", "--backend-store-uri", uri, "--artifacts-destination", str(artifacts),
+                    "--to", str(work / "repo"))  # fmt: skip
+    manifest = BackupRepo.open(str(work / "repo")).manifest()
     timed = {}
-    for mode, server_check in (("restore", True), ("restore_data", False))[: 2 if data_path else 1]:
-        t0 = time.perf_counter()
-        report = restore_backup(source=str(work / "repo"), backend_store_uri=f"sqlite:///{work / mode}.db",
-                                artifacts_uri=str(work / f"{mode}-art"), workdir=work / f"{mode}-verify",
-                                server_check=server_check)  # fmt: skip
-        timed[mode] = time.perf_counter() - t0
-        if report.verdict != "pass":
-            raise SystemExit(f"restore did not verify:\n{report.to_markdown()}")
+    for mode, flags in (("restore", []), ("restore_data", ["--no-server-check"]))[: 2 if data_path else 1]:
+        timed[mode] = _cli("restore", "--from", str(work / "repo"), "--backend-store-uri",
+                           f"sqlite:///{work / mode}.db", "--artifacts-destination", str(work / f"{mode}-art"),
+                           *flags)  # fmt: skip
     out = {
         "backup": t_backup,
         "restore": timed["restore"],
@@ -279,11 +292,8 @@ def main() -> dict[str, object]:
             median["restore_data"],
             median["manifest"],
         )
-        t0 = time.perf_counter()
-        take_backup(
-            backend_store_uri=gen["uri"], artifacts_uri=str(work / "src-art"), destination=str(last / "repo")
-        )
-        t_incremental = time.perf_counter() - t0
+        t_incremental = _cli("backup", "--backend-store-uri", gen["uri"], "--artifacts-destination",
+                             str(work / "src-art"), "--to", str(last / "repo"))  # fmt: skip
         # The same round trip (every cost counted) on a smaller generated server: the slope
         # between the two sizes is the cost each further run adds, fixed costs (the read-back
         # server's start, its fixed-size sample) cancelled by measurement, not subtracted.
