@@ -208,6 +208,15 @@ class LocalStore:
             _make_folders(folder, made)
         _copy_hashing(src, target, hasher)
 
+    def write_new_bytes(self, data: bytes, key: str, made: set[str]) -> None:
+        """Write ``data`` as ``key`` into an EMPTY store, as :meth:`write_new` does."""
+        target = os.path.join(str(self.root), key)
+        folder = os.path.dirname(target)
+        if folder not in made:
+            _make_folders(folder, made)
+        with open(target, "wb") as out:
+            out.write(data)
+
     def copy_in(self, src: Path, key: str, hasher: Any) -> None:
         """Write ``src`` as ``key`` reading it once, feeding every block to ``hasher`` as well."""
         with atomic_writer(self.root / key, durable=self.durable) as out, open(src, "rb") as inp:

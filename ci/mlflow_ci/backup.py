@@ -7,19 +7,25 @@ never missing.
 
 Layout of a backup repository (a local folder or an ``s3://``/``wasbs://`` prefix)::
 
-    objects/ab/ab12...           artifact content, addressed by SHA-256, shared by all backups
+    packs/<id>-000.pack          small artifacts (up to 256 KiB) of backup <id>, one after another
+    objects/ab/ab12...           larger artifact content, addressed by SHA-256
     backups/<id>/manifest.json   schema revision, row counts, every artifact's key, size, checksum
+                                 and where its content is (a pack and offset, or loose)
     backups/<id>/backend.<ext>   the database dump (auth.<ext> for the auth database)
     latest                       the id of the newest complete backup
 
-Atomicity: on a local folder, objects up to 1 MiB are written straight under their name and
-larger ones under a temporary name then renamed, all synced once before the manifest is
-published; only objects a published manifest names are trusted by later backups, so one torn
-by a crash is written again.  On object stores each put is atomic.  On a local folder a
-backup is assembled in ``backups/.partial-<id>``, fsynced and renamed into place, and only
-then is ``latest`` replaced (atomically).  On object stores the manifest is written last and
-is the commit point.  A backup killed midway therefore leaves the previous one intact and
-``latest`` pointing at it; the leftovers are removed by the next run.
+Content is shared by all backups: a later backup names the pack and offset (or the loose
+object) an earlier one wrote.  Packs turn 10,000 small artifacts into one file to write, sync,
+upload and read back, instead of 10,000.
+
+Atomicity: on a local folder a pack is written under a temporary name and renamed when the copy
+is done, loose objects under a temporary name then renamed, and all of it synced once before
+the manifest is published; only content a published manifest names is trusted by later
+backups, so anything torn by a crash is written again.  On object stores each put is atomic.
+On a local folder a backup is assembled in ``backups/.partial-<id>``, fsynced and renamed into
+place, and only then is ``latest`` replaced (atomically).  On object stores the manifest is
+written last and is the commit point.  A backup killed midway therefore leaves the previous one
+intact and ``latest`` pointing at it; the leftovers are removed by the next run.
 
 Incremental: an artifact whose key, size and change token (mtime, ETag) match the previous
 manifest reuses its checksum without being read, and an object whose checksum the repository
@@ -49,11 +55,18 @@ from .artifact_stores import ArtifactStore, LocalStore, _copy_hashing, store_for
 from .backends import Backend, backend_for, redact
 from .errors import ConfigError, InfraError
 
-FORMAT = 1
+FORMAT = 2  # 2: small objects in packs (an object's "pack" and "offset"); 1: every object loose
+READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
 LATEST = "latest"
 CHUNK = 1 << 20
-SMALL = 1 << 20  # objects up to this size are copied in one read
+PACKED = 256 << 10  # objects up to this size go into the backup's pack, larger ones stay loose
+PACK_TARGET = 64 << 20  # a pack is closed, and the next begun, past this size
+SPARSE = 0.5  # a pack whose bytes the newest backup names less than this share of is not reused
+
+
+def pack_key(name: str) -> str:
+    return f"packs/{name}.pack"
 
 
 def sha256_file(path: Path) -> str:
@@ -132,30 +145,57 @@ class BackupRepo:
                 hint=f"Complete backups: {', '.join(self.backup_ids()) or '(none)'}.",
             )
         data = json.loads(raw)
-        if data.get("format") != FORMAT:
+        if data.get("format") not in READABLE_FORMATS:
             raise ConfigError(
-                f"Backup {backup_id} has manifest format {data.get('format')}; expected {FORMAT}."
+                f"Backup {backup_id} has manifest format {data.get('format')}; this mlflow-ci reads "
+                f"{' and '.join(map(str, READABLE_FORMATS))}.",
+                hint="Restore it with the mlflow-ci version that wrote it (the manifest's mlflow_ci_version).",
             )
         return dict(data)
 
     def object_shas(self) -> set[str]:
+        """The loose objects' checksums."""
         return {info.key.rsplit("/", 1)[-1] for info in self.store.list("objects/")}
 
-    def trusted_shas(self) -> set[str]:
-        """Objects a new backup may reuse without copying.
+    def pack_sizes(self) -> dict[str, int]:
+        """Every complete pack's name → size."""
+        out = {}
+        for info in self.store.list("packs/"):
+            name = info.key.rsplit("/", 1)[-1]
+            if name.endswith(".pack") and not name.startswith("."):
+                out[name[: -len(".pack")]] = info.size
+        return out
+
+    def trusted_locations(self) -> dict[str, dict[str, Any]]:
+        """Objects a new backup may reuse without copying: checksum → where it is held (``{}``:
+        loose, under ``objects/``; else its ``pack`` and ``offset``).
 
         On a local folder objects are written without an fsync each and synced once before the
         manifest is published, so only objects that a complete manifest names are known durable;
         anything else (left by a killed backup) is copied again.  Object-store writes are atomic
-        and durable, so there every object present counts.
+        and durable, so there every loose object present counts.  A packed object is found only
+        through a manifest; a pack that the newest backup names less than half of (runs deleted
+        since) is not reused, so its live objects are packed again and the pack goes once the
+        backups that name it are pruned.
         """
-        present = self.object_shas()
-        if self.local_root is None:
-            return present
-        named: set[str] = set()
-        for backup_id in self.backup_ids():
-            named.update(o["sha256"] for o in self.manifest(backup_id)["artifacts"]["objects"])
-        return present & named
+        loose = self.object_shas()
+        packs = self.pack_sizes()
+        out: dict[str, dict[str, Any]] = {} if self.local_root is not None else {sha: {} for sha in loose}
+        ids = self.backup_ids()
+        manifests = [self.manifest(backup_id) for backup_id in ids]
+        live: dict[str, int] = {}
+        for o in manifests[-1]["artifacts"]["objects"] if manifests else []:
+            if "pack" in o:
+                live[o["pack"]] = live.get(o["pack"], 0) + o["size"]
+        usable = {name for name, size in packs.items() if live.get(name, 0) >= SPARSE * size}
+        for manifest in manifests:
+            for o in manifest["artifacts"]["objects"]:
+                if "pack" in o:
+                    if o["pack"] in usable:
+                        out[o["sha256"]] = {"pack": o["pack"], "offset": o["offset"]}
+                elif o["sha256"] in loose:
+                    out.setdefault(o["sha256"], {})
+        return out
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -204,14 +244,79 @@ class _Copied:
     skipped_present: int = 0
     vanished: int = 0
     bytes_copied: int = 0
+    packs_written: int = 0
+
+
+class _PackWriter:
+    """The backup's packs: small objects appended to one file, closed past ``PACK_TARGET``.
+
+    On a local repository a pack is written as ``packs/.<name>.pack.tmp`` and renamed to its
+    name when the copy is done (synced with the rest before the manifest is published); for an
+    object store it is assembled in a local scratch file and uploaded whole.  Callers serialise
+    :meth:`add` (the copy's lock)."""
+
+    def __init__(self, repo: BackupRepo, backup_id: str, scratch: Path) -> None:
+        self.repo, self.backup_id, self.scratch = repo, backup_id, scratch
+        self.finished: list[str] = []
+        self._name: str | None = None
+        self._fh: Any = None
+        self._size = 0
+        self._path = Path()
+
+    def add(self, data: bytes) -> dict[str, Any]:
+        if self._fh is None or self._size + len(data) > PACK_TARGET:
+            self._finish()
+            self._begin()
+        assert self._name is not None
+        offset = self._size
+        self._fh.write(data)
+        self._size += len(data)
+        return {"pack": self._name, "offset": offset}
+
+    def _begin(self) -> None:
+        self._name = f"{self.backup_id}-{len(self.finished):03d}"
+        root = self.repo.local_root
+        if root is not None:
+            (root / "packs").mkdir(parents=True, exist_ok=True)
+            self._path = root / "packs" / f".{self._name}.pack.tmp"
+        else:
+            self._path = self.scratch / f"{self._name}.pack"
+        self._fh = open(self._path, "wb")  # noqa: SIM115 - closed in _finish (or abort)
+        self._size = 0
+
+    def _finish(self) -> None:
+        if self._fh is None:
+            return
+        self._fh.close()
+        self._fh = None
+        assert self._name is not None
+        root = self.repo.local_root
+        if root is not None:
+            os.replace(self._path, root / pack_key(self._name))
+        else:
+            self.repo.store.put(self._path, pack_key(self._name))
+            self._path.unlink()
+        self.finished.append(self._name)
+
+    def close(self) -> list[str]:
+        """Finish the open pack; the names of every pack written."""
+        self._finish()
+        return self.finished
+
+    def abort(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+            self._path.unlink(missing_ok=True)
 
 
 def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[str, Any] | None,
-                    stats: _Copied) -> list[dict[str, Any]]:  # fmt: skip
-    """Every object of ``source`` into the repository's content-addressed ``objects/``, in the
-    listing's order; objects deleted between listing and copying are left out (counted)."""
+                    stats: _Copied, packs: _PackWriter) -> list[dict[str, Any]]:  # fmt: skip
+    """Every object of ``source`` into the repository, in the listing's order: small ones into the
+    backup's pack, larger ones under ``objects/`` by checksum; objects deleted between listing and
+    copying are left out (counted)."""
     prev = {o["key"]: o for o in (previous or {}).get("artifacts", {}).get("objects", [])}
-    known = repo.trusted_shas()
+    known = repo.trusted_locations()
     lock = threading.Lock()
     listing = list(source.list())
     objects: list[dict[str, Any] | None] = [None] * len(listing)
@@ -222,19 +327,13 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
             stats.reused_checksums += 1
             if before["sha256"] in known:
                 stats.skipped_present += 1
-                objects[n] = {
-                    "key": info.key,
-                    "size": info.size,
-                    "sha256": before["sha256"],
-                    "token": info.token,
-                }
+                objects[n] = {"key": info.key, "size": info.size, "sha256": before["sha256"], "token": info.token,
+                              **known[before["sha256"]]}  # fmt: skip
                 continue
         todo.append(n)
     source_root = source.root if isinstance(source, LocalStore) else None
     repo_root = repo.local_root
     objects_dir = str(repo_root / "objects") if repo_root is not None else ""
-    if repo_root is not None:
-        os.makedirs(objects_dir, exist_ok=True)
     made: set[str] = set()
 
     def object_path(sha: str) -> str:
@@ -244,20 +343,31 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
             made.add(folder)
         return os.path.join(folder, sha)
 
-    def claim(sha: str, size: int) -> bool:
-        """True for the one copy that adds ``sha`` to the repository (counted), False if held."""
+    def claim(sha: str, size: int) -> dict[str, Any] | None:
+        """None for the one copy that adds a loose ``sha`` to the repository (counted), else where it is held."""
         with lock:
             if sha in known:
                 stats.skipped_present += 1
-                return False
-            known.add(sha)
+                return known[sha]
+            known[sha] = {}
             stats.copied += 1
             stats.bytes_copied += size
-            return True
+            return None
 
-    def copy_batch(batch: Sequence[int]) -> list[tuple[int, str | None, int]]:
-        """(index, checksum, size) of each object as copied; checksum None: it vanished."""
-        done: list[tuple[int, str | None, int]] = []
+    def pack(sha: str, data: bytes) -> dict[str, Any]:
+        """Where ``sha`` is held: appended to the pack unless it already is somewhere."""
+        with lock:
+            if sha in known:
+                stats.skipped_present += 1
+                return known[sha]
+            known[sha] = location = packs.add(data)
+            stats.copied += 1
+            stats.bytes_copied += len(data)
+            return location
+
+    def copy_batch(batch: Sequence[int]) -> list[tuple[int, str | None, int, dict[str, Any]]]:
+        """(index, checksum, size, location) of each object as copied; checksum None: it vanished."""
+        done: list[tuple[int, str | None, int, dict[str, Any]]] = []
         with tempfile.TemporaryDirectory(prefix="mlflow-ci-backup-") as tmp:
             scratch = Path(tmp) / "obj"
             for n in batch:
@@ -268,48 +378,49 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
                     else:
                         source.get(info.key, scratch)
                         path = scratch
-                    if repo_root is not None and info.size <= SMALL:
-                        # Small: read once, hash, and write straight under its final name.  Safe
-                        # without a temporary name: only objects a published manifest names are
-                        # trusted, so one torn by a crash is written again by the next backup.
+                    if info.size <= PACKED:
+                        # Small: read once, hash, append to the pack (a torn pack is never named
+                        # by a published manifest, so nothing in it is trusted).
                         with open(path, "rb") as fh:
                             data = fh.read()
-                        sha = hashlib.sha256(data).hexdigest()
-                        if claim(sha, len(data)):
-                            with open(object_path(sha), "wb") as out:
-                                out.write(data)
-                        done.append((n, sha, len(data)))
-                        continue
+                        if len(data) <= PACKED:
+                            sha = hashlib.sha256(data).hexdigest()
+                            done.append((n, sha, len(data), pack(sha, data)))
+                            continue
                     if repo_root is not None:
                         # One read: hash while copying into the repository, then name the copy by its hash.
                         hasher = hashlib.sha256()
+                        os.makedirs(objects_dir, exist_ok=True)
                         incoming = os.path.join(objects_dir, f".in-{n}.tmp")
                         size = _copy_hashing(str(path), incoming, hasher)
                         sha = hasher.hexdigest()
-                        if claim(sha, size):
+                        where = claim(sha, size)
+                        if where is None:
                             os.replace(incoming, object_path(sha))
                         else:
                             os.unlink(incoming)
                     else:
                         sha = sha256_file(path)
                         size = path.stat().st_size
-                        if claim(sha, size):
+                        where = claim(sha, size)
+                        if where is None:
                             repo.store.put(path, object_key(sha))
                 except (FileNotFoundError, InfraError):
                     # Deleted between listing and copying (e.g. by `mlflow gc`): not part of this backup.
-                    done.append((n, None, 0))
+                    done.append((n, None, 0, {}))
                     continue
-                done.append((n, sha, size))
+                done.append((n, sha, size, where or {}))
         return done
 
     remote = source_root is None or repo_root is None
-    for n, sha, size in parallel.map_batches(copy_batch, todo, threads=parallel.copy_threads(remote=remote)):
+    results = parallel.map_batches(copy_batch, todo, threads=parallel.copy_threads(remote=remote))
+    for n, sha, size, where in results:
         info = listing[n]
         if sha is None:
             stats.vanished += 1
         else:
             # The size as copied (a file rewritten since the listing is backed up as it now is).
-            objects[n] = {"key": info.key, "size": size, "sha256": sha, "token": info.token}
+            objects[n] = {"key": info.key, "size": size, "sha256": sha, "token": info.token, **where}
     return [o for o in objects if o is not None]
 
 
@@ -398,8 +509,14 @@ def take_backup(
                 timings["database"] = time.monotonic() - t0
                 t0 = time.monotonic()
                 stats = _Copied()
+                packs = _PackWriter(repo, backup_id, staging)
                 with output.step(f"artifacts from {artifacts_uri}"):
-                    objects = _copy_artifacts(source, repo, previous, stats)
+                    try:
+                        objects = _copy_artifacts(source, repo, previous, stats, packs)
+                        stats.packs_written = len(packs.close())
+                    except BaseException:
+                        packs.abort()
+                        raise
                 timings["artifacts"] = time.monotonic() - t0
                 db["dump_sha256"] = dump_hash.result()
                 auth_info = None
@@ -460,20 +577,25 @@ def _remove_partials(repo: BackupRepo) -> None:
     for leftover in (root / "backups").glob(".partial-*"):
         output.warning(f"removing {leftover.name}, left by a backup that did not finish")
         shutil.rmtree(leftover, ignore_errors=True)
-    for stray in (root / "objects").glob(".*.tmp") if (root / "objects").is_dir() else ():
-        stray.unlink(missing_ok=True)
+    for folder in ("objects", "packs"):
+        for stray in (root / folder).glob(".*.tmp") if (root / folder).is_dir() else ():
+            stray.unlink(missing_ok=True)
 
 
 def prune(repo: BackupRepo, *, keep: int) -> dict[str, Any]:
-    """Keep the newest ``keep`` complete backups; delete older sets and objects no manifest names.
+    """Keep the newest ``keep`` complete backups; delete older sets, and the loose objects and
+    packs no remaining manifest names.
 
-    With no backup to delete the objects are not swept (listing every object of a large
-    repository costs more than the rest of a small backup): what a killed backup left is never
-    trusted, and goes with the next sweep."""
+    A pack that a remaining backup still names is kept whole (backups stop reusing a pack once
+    the newest names less than half of it, so it goes when they are pruned in turn).  With no
+    backup to delete nothing is swept (listing every object of a large repository costs more
+    than the rest of a small backup): what a killed backup left is never trusted, and goes with
+    the next sweep."""
     ids = repo.backup_ids()
     doomed = ids[:-keep] if keep > 0 else []
     if not doomed:
-        return {"backups_removed": [], "objects_removed": 0}
+        return {"backups_removed": [], "objects_removed": 0, "packs_removed": 0, "objects_released": 0}
+    released = {o["sha256"] for backup_id in doomed for o in repo.manifest(backup_id)["artifacts"]["objects"]}
     for backup_id in doomed:
         for info in list(repo.store.list(f"backups/{backup_id}/")):
             if info.key.endswith(MANIFEST):
@@ -482,15 +604,27 @@ def prune(repo: BackupRepo, *, keep: int) -> dict[str, Any]:
         repo.store.delete(f"backups/{backup_id}/{MANIFEST}")
         if repo.local_root is not None:
             shutil.rmtree(repo.local_root / "backups" / backup_id, ignore_errors=True)
-    referenced: set[str] = set()
+    loose: set[str] = set()
+    packs: set[str] = set()
     for backup_id in repo.backup_ids():
-        referenced.update(o["sha256"] for o in repo.manifest(backup_id)["artifacts"]["objects"])
+        for o in repo.manifest(backup_id)["artifacts"]["objects"]:
+            released.discard(o["sha256"])
+            if "pack" in o:
+                packs.add(o["pack"])
+            else:
+                loose.add(o["sha256"])
     removed = 0
     for info in list(repo.store.list("objects/")):
-        if info.key.rsplit("/", 1)[-1] not in referenced:
+        if info.key.rsplit("/", 1)[-1] not in loose:
             repo.store.delete(info.key)
             removed += 1
-    return {"backups_removed": doomed, "objects_removed": removed}
+    packs_removed = 0
+    for name in repo.pack_sizes():
+        if name not in packs:
+            repo.store.delete(pack_key(name))
+            packs_removed += 1
+    return {"backups_removed": doomed, "objects_removed": removed, "packs_removed": packs_removed,
+            "objects_released": len(released)}  # fmt: skip
 
 
 def _mlflow_version() -> str:

@@ -35,7 +35,7 @@ from typing import Any
 from . import output, parallel
 from .artifact_stores import ArtifactStore, LocalStore, store_for
 from .backends import Backend, backend_for, redact
-from .backup import BackupRepo, object_key, sha256_file
+from .backup import BackupRepo, object_key, pack_key, sha256_file
 from .errors import CheckFailed, ConfigError, InfraError
 from .readback import artifact_prefix, verify_artifacts_through_server, verify_through_server
 from .report import Check, Report, check
@@ -153,16 +153,20 @@ def _restore(*, source: str, backend_store_uri: str, artifacts_uri: str, auth_db
     sample_first, rest = _sample_objects_first(manifest)
     side = _DatabaseSide(repo, manifest, backend, auth, server, seconds)
     t0 = time.monotonic()
-    with output.step(f"database ({backend.kind}) and artifacts into {artifacts_uri}"):
+    packs_ctx = contextlib.ExitStack()
+    with packs_ctx, output.step(f"database ({backend.kind}) and artifacts into {artifacts_uri}"):
         # The database is restored, counted and read back through the server on another thread
         # while the artifacts are copied, the sampled runs' first: the server reads those
         # through its artifact proxy while the rest are written.
         background = parallel.Background(side.run)
         try:
             local = _prepare_target(target)
-            copied = _restore_artifacts(repo, sample_first, target, local=local, stop=side.failed)
+            packs = _pack_files(repo, manifest, packs_ctx)
+            copied = _restore_artifacts(
+                repo, sample_first, target, local=local, stop=side.failed, packs=packs
+            )
             side.sample_copied.set()
-            copied += _restore_artifacts(repo, rest, target, local=local, stop=side.failed)
+            copied += _restore_artifacts(repo, rest, target, local=local, stop=side.failed, packs=packs)
             target.flush()
             report.data["artifacts_copied"] = copied
             artifact_check = verify_artifacts(manifest, target)
@@ -281,43 +285,97 @@ def _prepare_target(target: ArtifactStore) -> bool:
     return False
 
 
+def _pack_files(repo: BackupRepo, manifest: Mapping[str, Any], stack: contextlib.ExitStack) -> dict[str, str]:
+    """Every pack the manifest's objects are in → a local file holding it (the file itself on a
+    local repository; on an object store each is downloaded once, a few at a time)."""
+    names = sorted({o["pack"] for o in manifest["artifacts"]["objects"] if "pack" in o})
+    root = repo.local_root
+    lock = threading.Lock()
+
+    def fetch(batch: Sequence[str]) -> list[tuple[str, str]]:
+        out = []
+        for name in batch:
+            if root is not None and not (root / pack_key(name)).is_file():
+                raise InfraError(f"Backup pack {name} is missing from {root}: the backup is damaged.",
+                                 hint="Restore an older backup (`--backup ID`) into new, empty stores.")  # fmt: skip
+            held = repo.materialize(pack_key(name))
+            path = held.__enter__()
+            with lock:
+                stack.push(held.__exit__)
+            out.append((name, str(path)))
+        return out
+
+    remote = repo.local_root is None
+    return dict(parallel.map_batches(fetch, names, threads=parallel.copy_threads(remote=remote), batch=1))
+
+
+def _damaged(obj: Mapping[str, Any], found: str) -> InfraError:
+    return InfraError(
+        f"Backup object for {obj['key']} is damaged (SHA-256 {found[:12]}..., expected {obj['sha256'][:12]}...).",
+        hint="Restore an older backup (`--backup ID`) into new, empty stores.",
+    )
+
+
 def _restore_artifacts(repo: BackupRepo, objects: Sequence[Mapping[str, Any]], target: ArtifactStore, *,
-                       local: bool, stop: threading.Event) -> int:  # fmt: skip
+                       local: bool, stop: threading.Event, packs: Mapping[str, str] | None = None) -> int:  # fmt: skip
     """Copy ``objects`` into the target, checking each against its SHA-256 (its name in the
-    backup); raises :class:`_Stopped` before the next object once ``stop`` is set."""
+    backup); raises :class:`_Stopped` before the next object once ``stop`` is set.  Packed
+    objects are read from ``packs`` (name → local file, :func:`_pack_files`)."""
     repo_root = str(repo.local_root) if repo.local_root is not None else None
     made: set[str] = set()
+    packs = packs or {}
+
+    def restore_packed(obj: Mapping[str, Any], fds: dict[str, int]) -> None:
+        fd = fds.get(obj["pack"])
+        if fd is None:
+            try:
+                fd = fds[obj["pack"]] = os.open(packs[obj["pack"]], os.O_RDONLY)
+            except (KeyError, FileNotFoundError):
+                raise InfraError(f"Backup pack {obj['pack']} is missing: the backup is damaged.",
+                                 hint="Restore an older backup (`--backup ID`) into new, empty stores.") from None  # fmt: skip
+        data = os.pread(fd, obj["size"], obj["offset"])
+        found = hashlib.sha256(data).hexdigest()
+        if found != obj["sha256"]:
+            raise _damaged(obj, found)
+        if isinstance(target, LocalStore) and local:
+            target.write_new_bytes(data, obj["key"], made)
+        else:
+            target.put_bytes(data, obj["key"])
 
     def restore_batch(batch: Sequence[Mapping[str, Any]]) -> list[None]:
-        for obj in batch:
-            if stop.is_set():
-                raise _Stopped()
-            key = object_key(obj["sha256"])
-            if local and repo_root is not None:
-                # Local to local (the common drill): one read per object, copy and hash together.
-                hasher = hashlib.sha256()
-                try:
-                    target.write_new(os.path.join(repo_root, key), obj["key"], hasher, made)
-                except FileNotFoundError:
-                    raise InfraError(f"Backup object {key} is missing: the backup is damaged.",
-                                     hint="Restore an older backup (`--backup ID`) into new, empty stores.") from None  # fmt: skip
-                found = hasher.hexdigest()
-            else:
-                with repo.materialize(key) as blob:
-                    if local:
-                        hasher = hashlib.sha256()
-                        target.copy_in(blob, obj["key"], hasher)
-                        found = hasher.hexdigest()
-                    else:
-                        found = sha256_file(blob)
-                        if found == obj["sha256"]:
-                            target.put(blob, obj["key"])
-            if found != obj["sha256"]:
-                raise InfraError(
-                    f"Backup object for {obj['key']} is damaged (SHA-256 {found[:12]}..., expected "
-                    f"{obj['sha256'][:12]}...).",
-                    hint="Restore an older backup (`--backup ID`) into new, empty stores.",
-                )
+        fds: dict[str, int] = {}
+        try:
+            for obj in batch:
+                if stop.is_set():
+                    raise _Stopped()
+                if "pack" in obj:
+                    restore_packed(obj, fds)
+                    continue
+                key = object_key(obj["sha256"])
+                if local and repo_root is not None:
+                    # Local to local (the common drill): one read per object, copy and hash together.
+                    hasher = hashlib.sha256()
+                    try:
+                        target.write_new(os.path.join(repo_root, key), obj["key"], hasher, made)
+                    except FileNotFoundError:
+                        raise InfraError(f"Backup object {key} is missing: the backup is damaged.",
+                                         hint="Restore an older backup (`--backup ID`) into new, empty stores.") from None  # fmt: skip
+                    found = hasher.hexdigest()
+                else:
+                    with repo.materialize(key) as blob:
+                        if local:
+                            hasher = hashlib.sha256()
+                            target.copy_in(blob, obj["key"], hasher)
+                            found = hasher.hexdigest()
+                        else:
+                            found = sha256_file(blob)
+                            if found == obj["sha256"]:
+                                target.put(blob, obj["key"])
+                if found != obj["sha256"]:
+                    raise _damaged(obj, found)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
         return []
 
     remote = not local or repo_root is None

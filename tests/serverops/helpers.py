@@ -57,3 +57,18 @@ def populate(tracking_uri: str, *, runs: int = 6, experiment: str = "exp_backup"
         "versions": [mv1.version, mv2.version],
         "logged_model_id": logged.model_id,
     }
+
+
+def corrupt_stored(repo_dir: Path, obj: dict[str, Any]) -> Path:
+    """Flip the first byte of a backup object's stored content (in its pack, or its loose file);
+    the file changed."""
+    from mlflow_ci.backup import object_key, pack_key
+
+    path = repo_dir / (pack_key(obj["pack"]) if "pack" in obj else object_key(obj["sha256"]))
+    offset = obj.get("offset", 0)
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        first = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([first[0] ^ 0xFF]))
+    return path

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 from fixtures import *  # noqa: F403
-from helpers import populate
+from helpers import corrupt_stored, populate
 from mlflow_ci.backup import BackupRepo, object_key, take_backup
 from mlflow_ci.tracking import TrackingServer, client_settings
 
@@ -158,8 +158,7 @@ def test_second_backup_is_incremental_and_damage_is_detected(tmp_path: Path) -> 
     assert repo.latest() == second["id"]
     assert repo.backup_ids() == sorted([first["id"], second["id"]])
     # Corrupt one stored object: the restore stops with an infrastructure error naming it.
-    victim = repo_dir / object_key(second["artifacts"]["objects"][0]["sha256"])
-    victim.write_bytes(b"corrupted")
+    corrupt_stored(repo_dir, second["artifacts"]["objects"][0])
     done = run_cli("restore", "--from", str(repo_dir), "--backend-store-uri", _sqlite(tmp_path / "r.db"),
                    "--artifacts-destination", str(tmp_path / "r-art"), "--no-server-check")  # fmt: skip
     assert done.returncode == 3
@@ -257,9 +256,12 @@ def test_prune_keeps_the_newest_and_their_objects(tmp_path: Path) -> None:
     repo = BackupRepo.open(str(repo_dir))
     assert len(repo.backup_ids()) == 2
     assert repo.latest() == third["id"]
-    assert third["pruned"]["objects_removed"] == 1
-    kept = {o["sha256"] for b in repo.backup_ids() for o in repo.manifest(b)["artifacts"]["objects"]}
-    assert kept == repo.object_shas()
+    # The artifact only the pruned backup named is released; everything still stored (loose
+    # objects and packs) is named by a remaining backup, and everything named is stored.
+    assert third["pruned"]["objects_released"] == 1
+    kept = [o for b in repo.backup_ids() for o in repo.manifest(b)["artifacts"]["objects"]]
+    assert {o["sha256"] for o in kept if "pack" not in o} == repo.object_shas()
+    assert {o["pack"] for o in kept if "pack" in o} == set(repo.pack_sizes())
 
 
 _LOGGER = r"""
@@ -351,7 +353,9 @@ def test_killed_backup_leaves_the_last_good_one_usable(tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             dumps = list(partial.glob(".partial-*/backend.sqlite"))
-            if dumps and len(list((repo_dir / "objects").rglob("*"))) > 20:
+            # Killed while writing its pack (the blobs are small enough to be packed).
+            packing = sum(p.stat().st_size for p in (repo_dir / "packs").glob(".*.pack.tmp"))
+            if dumps and packing > 5 << 20:
                 break
             time.sleep(0.005)
         os.killpg(child.pid, signal.SIGKILL)
@@ -363,6 +367,9 @@ def test_killed_backup_leaves_the_last_good_one_usable(tmp_path: Path) -> None:
     assert list(partial.glob(".partial-*")), (
         "the kill landed after the backup finished; the test proved nothing"
     )
+    assert list((repo_dir / "packs").glob(".*.pack.tmp")), (
+        "killed mid-pack: its pack keeps its temporary name"
+    )
     done = run_cli("restore", "--from", str(repo_dir), "--backend-store-uri", _sqlite(tmp_path / "r.db"),
                    "--artifacts-destination", str(tmp_path / "r-art"), "--json")  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -370,6 +377,7 @@ def test_killed_backup_leaves_the_last_good_one_usable(tmp_path: Path) -> None:
     # The next backup clears the leftovers and completes.
     again = take_backup(backend_store_uri=_sqlite(db), artifacts_uri=str(art), destination=str(repo_dir))
     assert not list(partial.glob(".partial-*"))
+    assert not list((repo_dir / "packs").glob(".*.pack.tmp"))
     assert again["artifacts"]["count"] == 402
 
 
@@ -461,8 +469,13 @@ def test_threaded_copies_keep_order_dedupe_and_stop_at_a_damaged_object(
     assert threaded["artifacts"]["count"] >= 300
     assert threaded["stats"]["copied"] == serial["stats"]["copied"]
     assert threaded["stats"]["skipped_present"] == serial["stats"]["skipped_present"] >= 200
-    stored = [p for p in (tmp_path / "bk-4" / "objects").rglob("*") if p.is_file()]
-    assert len(stored) == threaded["stats"]["copied"]
+    # Each distinct content is stored once: the small ones in the backup's pack, the rest loose.
+    objects = threaded["artifacts"]["objects"]
+    assert len({o["sha256"] for o in objects}) == threaded["stats"]["copied"]
+    loose = [p for p in (tmp_path / "bk-4" / "objects").rglob("*") if p.is_file()]
+    assert len(loose) == len({o["sha256"] for o in objects if "pack" not in o})
+    assert sorted(p.name for p in (tmp_path / "bk-4" / "packs").iterdir()) == [f"{threaded['id']}-000.pack"]
+    assert threaded["stats"]["packs_written"] == 1
 
     # A clean threaded restore verifies through the server; a damaged object mid-way fails it.
     ok = run_cli("restore", "--from", str(tmp_path / "bk-4"), "--backend-store-uri", _sqlite(tmp_path / "ok.db"),
@@ -472,7 +485,8 @@ def test_threaded_copies_keep_order_dedupe_and_stop_at_a_damaged_object(
                       if p.is_file())  # fmt: skip
     assert restored == sorted(o["key"] for o in threaded["artifacts"]["objects"])
     victim = next(o for o in threaded["artifacts"]["objects"] if o["key"] == "bulk/f250.txt")
-    (tmp_path / "bk-4" / object_key(victim["sha256"])).write_bytes(b"corrupted")
+    assert victim["pack"] == f"{threaded['id']}-000"
+    corrupt_stored(tmp_path / "bk-4", victim)
     bad = run_cli("restore", "--from", str(tmp_path / "bk-4"), "--backend-store-uri", _sqlite(tmp_path / "bad.db"),
                   "--artifacts-destination", str(tmp_path / "bad-art"), env={"MLFLOW_CI_COPY_THREADS": "4"})  # fmt: skip
     assert bad.returncode == 3
@@ -480,30 +494,40 @@ def test_threaded_copies_keep_order_dedupe_and_stop_at_a_damaged_object(
     assert "Traceback" not in bad.stderr
 
 
-def test_an_object_torn_by_a_killed_backup_is_written_again(tmp_path: Path) -> None:
-    """Small objects are written straight under their final name; one left half-written by a
-    killed backup is not named by any manifest, so the next backup writes it again."""
+def test_what_a_killed_backup_left_is_written_again(tmp_path: Path) -> None:
+    """A killed backup can leave a half-written loose object, a pack under its temporary name and
+    a pack no manifest names: none is trusted, so the next backup writes that content again (the
+    temporary pack is removed) and the restore gets every byte right."""
     import hashlib
 
     db, art, repo_dir = tmp_path / "s.db", tmp_path / "art", tmp_path / "bk"
     with TrackingServer(tmp_path / "src", backend_store_uri=_sqlite(db), artifacts_destination=str(art)) as s:
         populate(s.url, runs=2)
     take_backup(backend_store_uri=_sqlite(db), artifacts_uri=str(art), destination=str(repo_dir))
-    content = b"a new artifact\n" * 100
-    sha = hashlib.sha256(content).hexdigest()
-    torn = repo_dir / object_key(sha)
+    large = b"a new, large artifact\n" * 20_000  # above the packed size: stored loose
+    small = b"a new, small artifact\n" * 10  # packed
+    sha_large, sha_small = hashlib.sha256(large).hexdigest(), hashlib.sha256(small).hexdigest()
+    (repo_dir / "packs").mkdir(exist_ok=True)
+    torn = repo_dir / object_key(sha_large)
     torn.parent.mkdir(parents=True, exist_ok=True)
-    torn.write_bytes(content[:37])  # what a crash mid-write leaves
-    (art / "late.txt").write_bytes(content)
+    torn.write_bytes(large[:37])  # what a crash mid-write leaves
+    (repo_dir / "packs" / ".killed-000.pack.tmp").write_bytes(small[:5])
+    (repo_dir / "packs" / "killed-000.pack").write_bytes(small[:5])  # renamed, its manifest never published
+    (art / "late.bin").write_bytes(large)
+    (art / "late.txt").write_bytes(small)
     second = take_backup(backend_store_uri=_sqlite(db), artifacts_uri=str(art), destination=str(repo_dir))
-    assert {"key": "late.txt", "sha256": sha, "size": len(content)}.items() <= next(
-        o for o in second["artifacts"]["objects"] if o["key"] == "late.txt"
-    ).items()
-    assert torn.read_bytes() == content
+    entries = {o["key"]: o for o in second["artifacts"]["objects"]}
+    assert {"sha256": sha_large, "size": len(large)}.items() <= entries["late.bin"].items()
+    assert "pack" not in entries["late.bin"]
+    assert entries["late.txt"]["sha256"] == sha_small
+    assert entries["late.txt"]["pack"] == f"{second['id']}-000"
+    assert torn.read_bytes() == large
+    assert not (repo_dir / "packs" / ".killed-000.pack.tmp").exists()
     done = run_cli("restore", "--from", str(repo_dir), "--backend-store-uri", _sqlite(tmp_path / "r.db"),
                    "--artifacts-destination", str(tmp_path / "r-art"), "--no-server-check")  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "r-art" / "late.txt").read_bytes() == content
+    assert (tmp_path / "r-art" / "late.bin").read_bytes() == large
+    assert (tmp_path / "r-art" / "late.txt").read_bytes() == small
 
 
 def test_a_read_back_server_that_does_not_start_fails_the_restore_after_the_copy(
