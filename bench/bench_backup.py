@@ -11,8 +11,8 @@ metric histories, artifacts).
 Goal: backup + restore at least 1,000x faster per run than export + import, with nothing lost.
 Both sides are timed as their commands run: ``mlflow-ci backup`` and ``mlflow-ci restore`` each
 in a new process, from start to exit (as a user or a workflow runs them), like the baseline's
-export and import.  Three ratios are printed, each from its own measured commands: with every cost counted (backup,
-then the restore as the command runs it by default, including its read-back through a started
+export and import.  Three ratios are printed, each from its own measured commands: with every
+cost counted (backup, then the restore as the command runs it by default, including its read-back through a started
 MLflow server: one server start, whose import of MLflow alone costs seconds of CPU here, and a
 fixed-size sample, neither of which grows with the number of runs), and backup plus
 ``restore --no-server-check`` (the manifest checks only: the data path); a third is the cost
@@ -217,7 +217,7 @@ def _timed(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"baseline command failed ({done.returncode}): {' '.join(argv)}\n{done.stdout[-2000:]}"
+        raise SystemExit(f"command failed ({done.returncode}): {' '.join(argv)}\n{done.stdout[-2000:]}"
                          f"\n{done.stderr[-3000:]}")  # fmt: skip
     return time.perf_counter() - start
 
@@ -232,13 +232,7 @@ def _cli(*args: str) -> float:
     """One ``mlflow-ci`` command in a new process, as a user or a workflow runs it: seconds."""
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("GITHUB_STEP_SUMMARY", None)
-    start = time.perf_counter()
-    done = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"mlflow-ci {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}"
-                         f"\n{done.stderr[-3000:]}")  # fmt: skip
-    return seconds
+    return _timed([*CLI, *args], env)
 
 
 def ours_round_trip(work: Path, uri: str, artifacts: Path, *, data_path: bool = True) -> dict[str, Any]:

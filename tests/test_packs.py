@@ -3,6 +3,7 @@ prune keeps (hand-built repositories: the logic, not the copy; the round trips a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -94,7 +95,7 @@ def test_packed_objects_are_restored_checked_and_a_damaged_or_missing_pack_is_na
     manifest = {"artifacts": {"objects": entries}}
     repo = BackupRepo.open(str(root))
     stop = threading.Event()
-    packs = restore._pack_files(repo, manifest, restore.contextlib.ExitStack())
+    packs = restore._pack_files(repo, manifest, contextlib.ExitStack())
     target = LocalStore(str(tmp_path / "dst"))
     assert restore._restore_artifacts(repo, entries, target, local=True, stop=stop, packs=packs) == 7
     for entry, data in zip(entries, contents, strict=False):
@@ -109,4 +110,4 @@ def test_packed_objects_are_restored_checked_and_a_damaged_or_missing_pack_is_na
                                    packs=packs)  # fmt: skip
     (root / pack_key("P-000")).unlink()
     with pytest.raises(InfraError, match=r"pack P-000 is missing"):
-        restore._pack_files(repo, manifest, restore.contextlib.ExitStack())
+        restore._pack_files(repo, manifest, contextlib.ExitStack())

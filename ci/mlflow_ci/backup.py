@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -334,6 +335,8 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
     source_root = source.root if isinstance(source, LocalStore) else None
     repo_root = repo.local_root
     objects_dir = str(repo_root / "objects") if repo_root is not None else ""
+    if repo_root is not None:
+        os.makedirs(objects_dir, exist_ok=True)
     made: set[str] = set()
 
     def object_path(sha: str) -> str:
@@ -343,27 +346,17 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
             made.add(folder)
         return os.path.join(folder, sha)
 
-    def claim(sha: str, size: int) -> dict[str, Any] | None:
-        """None for the one copy that adds a loose ``sha`` to the repository (counted), else where it is held."""
+    def hold(sha: str, size: int, place: Any) -> tuple[dict[str, Any], bool]:
+        """Where ``sha`` is held, and whether this call added it (counted): ``place()`` gives
+        the new location under the lock (the pack appends there; a loose object is ``{}``)."""
         with lock:
             if sha in known:
                 stats.skipped_present += 1
-                return known[sha]
-            known[sha] = {}
+                return known[sha], False
+            known[sha] = where = place()
             stats.copied += 1
             stats.bytes_copied += size
-            return None
-
-    def pack(sha: str, data: bytes) -> dict[str, Any]:
-        """Where ``sha`` is held: appended to the pack unless it already is somewhere."""
-        with lock:
-            if sha in known:
-                stats.skipped_present += 1
-                return known[sha]
-            known[sha] = location = packs.add(data)
-            stats.copied += 1
-            stats.bytes_copied += len(data)
-            return location
+            return where, True
 
     def copy_batch(batch: Sequence[int]) -> list[tuple[int, str | None, int, dict[str, Any]]]:
         """(index, checksum, size, location) of each object as copied; checksum None: it vanished."""
@@ -385,31 +378,31 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
                             data = fh.read()
                         if len(data) <= PACKED:
                             sha = hashlib.sha256(data).hexdigest()
-                            done.append((n, sha, len(data), pack(sha, data)))
+                            where, _ = hold(sha, len(data), functools.partial(packs.add, data))
+                            done.append((n, sha, len(data), where))
                             continue
                     if repo_root is not None:
                         # One read: hash while copying into the repository, then name the copy by its hash.
                         hasher = hashlib.sha256()
-                        os.makedirs(objects_dir, exist_ok=True)
                         incoming = os.path.join(objects_dir, f".in-{n}.tmp")
                         size = _copy_hashing(str(path), incoming, hasher)
                         sha = hasher.hexdigest()
-                        where = claim(sha, size)
-                        if where is None:
+                        where, new = hold(sha, size, dict)
+                        if new:
                             os.replace(incoming, object_path(sha))
                         else:
                             os.unlink(incoming)
                     else:
                         sha = sha256_file(path)
                         size = path.stat().st_size
-                        where = claim(sha, size)
-                        if where is None:
+                        where, new = hold(sha, size, dict)
+                        if new:
                             repo.store.put(path, object_key(sha))
                 except (FileNotFoundError, InfraError):
                     # Deleted between listing and copying (e.g. by `mlflow gc`): not part of this backup.
                     done.append((n, None, 0, {}))
                     continue
-                done.append((n, sha, size, where or {}))
+                done.append((n, sha, size, where))
         return done
 
     remote = source_root is None or repo_root is None

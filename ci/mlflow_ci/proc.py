@@ -144,7 +144,7 @@ def kill_group(child: subprocess.Popen[str], grace: float = 5.0) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        child.wait(timeout=grace)
+        child.wait(timeout=max(grace, 5.0))  # reaped, also with no grace
 
 
 @contextlib.contextmanager

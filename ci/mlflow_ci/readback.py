@@ -99,7 +99,7 @@ def guarded(rest: Rest, name: str, expected: str, read: Callable[[], Check]) -> 
 
     try:
         return read()
-    except (ServerAnswered, requests.RequestException, ValueError) as exc:
+    except (ServerAnswered, requests.RequestException) as exc:  # a body that is not JSON included
         if not rest.healthy():
             raise ServerUnreachable(
                 f"The read-back server at {rest.url} stopped answering during the check {name!r}.",

@@ -298,27 +298,30 @@ def _prepare_target(target: ArtifactStore) -> bool:
 
 
 def _pack_files(repo: BackupRepo, manifest: Mapping[str, Any], stack: contextlib.ExitStack) -> dict[str, str]:
-    """Every pack the manifest's objects are in → a local file holding it (the file itself on a
-    local repository; on an object store each is downloaded once, a few at a time)."""
+    """Every pack the manifest's objects are in → a local file holding it: the file itself on a
+    local repository; from an object store each is downloaded once, a few at a time, into a
+    folder removed when ``stack`` closes."""
     names = sorted({o["pack"] for o in manifest["artifacts"]["objects"] if "pack" in o})
     root = repo.local_root
-    lock = threading.Lock()
+    if root is not None:
+        for name in names:
+            if not (root / pack_key(name)).is_file():
+                raise _missing(f"pack {name}")
+        return {name: str(root / pack_key(name)) for name in names}
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlflow-ci-packs-")))
 
-    def fetch(batch: Sequence[str]) -> list[tuple[str, str]]:
-        out = []
+    def fetch(batch: Sequence[str]) -> list[None]:
         for name in batch:
-            if root is not None and not (root / pack_key(name)).is_file():
-                raise InfraError(f"Backup pack {name} is missing from {root}: the backup is damaged.",
-                                 hint="Restore an older backup (`--backup ID`) into new, empty stores.")  # fmt: skip
-            held = repo.materialize(pack_key(name))
-            path = held.__enter__()
-            with lock:
-                stack.push(held.__exit__)
-            out.append((name, str(path)))
-        return out
+            repo.store.get(pack_key(name), folder / f"{name}.pack")
+        return []
 
-    remote = repo.local_root is None
-    return dict(parallel.map_batches(fetch, names, threads=parallel.copy_threads(remote=remote), batch=1))
+    parallel.map_batches(fetch, names, threads=parallel.copy_threads(remote=True), batch=1)
+    return {name: str(folder / f"{name}.pack") for name in names}
+
+
+def _missing(what: str) -> InfraError:
+    return InfraError(f"Backup {what} is missing: the backup is damaged.",
+                      hint="Restore an older backup (`--backup ID`) into new, empty stores.")  # fmt: skip
 
 
 def _damaged(obj: Mapping[str, Any], found: str) -> InfraError:
@@ -343,13 +346,12 @@ def _restore_artifacts(repo: BackupRepo, objects: Sequence[Mapping[str, Any]], t
             try:
                 fd = fds[obj["pack"]] = os.open(packs[obj["pack"]], os.O_RDONLY)
             except (KeyError, FileNotFoundError):
-                raise InfraError(f"Backup pack {obj['pack']} is missing: the backup is damaged.",
-                                 hint="Restore an older backup (`--backup ID`) into new, empty stores.") from None  # fmt: skip
+                raise _missing(f"pack {obj['pack']}") from None
         data = os.pread(fd, obj["size"], obj["offset"])
         found = hashlib.sha256(data).hexdigest()
         if found != obj["sha256"]:
             raise _damaged(obj, found)
-        if isinstance(target, LocalStore) and local:
+        if local:
             target.write_new_bytes(data, obj["key"], made)
         else:
             target.put_bytes(data, obj["key"])
@@ -370,8 +372,7 @@ def _restore_artifacts(repo: BackupRepo, objects: Sequence[Mapping[str, Any]], t
                     try:
                         target.write_new(os.path.join(repo_root, key), obj["key"], hasher, made)
                     except FileNotFoundError:
-                        raise InfraError(f"Backup object {key} is missing: the backup is damaged.",
-                                         hint="Restore an older backup (`--backup ID`) into new, empty stores.") from None  # fmt: skip
+                        raise _missing(f"object {key}") from None
                     found = hasher.hexdigest()
                 else:
                     with repo.materialize(key) as blob:
