@@ -1,9 +1,17 @@
 """Child of :class:`mlflow_ci.tracking.PreparedServer`: MLflow's own server app, imported ahead.
 
-Imports uvicorn and MLflow's server (the seconds of a server start) before its stores exist,
-says ``ready``, then waits for one JSON line naming the stores, and serves
-``mlflow.server.fastapi_app:app`` with uvicorn exactly as ``mlflow server`` has its own child do,
-with the environment ``mlflow server`` would give that child (``mlflow.server._run_server``).
+Imports MLflow's server (the seconds of a server start) before its stores exist, says
+``ready``, then waits for one JSON line naming the stores and serves MLflow's Flask app
+(``mlflow.server:app``, the app ``mlflow server --gunicorn-opts ...`` serves) with the
+environment ``mlflow server`` gives its server process (``mlflow.server._run_server``).
+
+The Flask app is the whole REST API and the artifact proxy; what ``mlflow server`` puts in front
+of it by default (FastAPI under uvicorn, for the gateway, the assistant and trace ingestion) is
+neither read by a restore's checks nor imported here (half a second of every restore).  It is
+served by Werkzeug's threaded WSGI server in this process and in copies forked after the import,
+one per core (:func:`_serve`).  SIGTERM stops them all in milliseconds with nothing left behind
+(gunicorn, tried first, took half a second to stop its workers cleanly, and a master killed
+outright leaves them to init, which does not always reap them).
 """
 
 from __future__ import annotations
@@ -13,6 +21,9 @@ import json
 import os
 import sys
 import uuid
+from typing import Any
+
+MAX_PROCESSES = 4  # serving processes at most (a read-back makes a few dozen requests)
 
 
 def main() -> None:
@@ -22,10 +33,11 @@ def main() -> None:
     # (measured: 3.5 s instead of 4.3 s of CPU).  Off while importing, then the imported objects
     # are frozen out of every later collection.
     gc.disable()
+    # As `mlflow server --serve-artifacts` has it before its server imports the app, which then
+    # installs MLflow's security middleware (Host header and CORS checks) as in any MLflow server.
+    os.environ["_MLFLOW_SERVER_SERVE_ARTIFACTS"] = "true"
     # isort: off
-    import uvicorn  # first: MLflow's server module installs its security middleware when it sees it
     import mlflow.server
-    import mlflow.server.fastapi_app  # the app uvicorn serves: builds it now (reads stores per request)
     import mlflow.server.handlers
     import mlflow.store.model_registry.sqlalchemy_store
     import mlflow.store.tracking.sqlalchemy_store
@@ -56,18 +68,47 @@ def main() -> None:
             ARTIFACT_ROOT_ENV_VAR: resolve_default_artifact_root(True, "", stores["backend_store_uri"]),
             SERVE_ARTIFACTS_ENV_VAR: "true",
             ARTIFACTS_DESTINATION_ENV_VAR: stores["artifacts_destination"],
-            _MLFLOW_SGI_NAME.name: "uvicorn",
+            _MLFLOW_SGI_NAME.name: "werkzeug",
             _MLFLOW_SERVER_BOOT_ID.name: uuid.uuid4().hex,
             _MLFLOW_IN_JOB_EXECUTOR.name: "false",
         }
     )
-    uvicorn.run(
-        "mlflow.server.fastapi_app:app",
-        host=host,
-        port=port,
-        workers=1,
-        log_config=str(mlflow.server._UVICORN_LOG_CONFIG),
-    )
+    _serve(mlflow.server.app, host, port)
+
+
+def _serve(app: Any, host: str, port: int) -> None:
+    """``app`` on Werkzeug's threaded server (HTTP/1.1 keep-alive, no log line per request), in
+    this process and in a forked copy per further core, all accepting on one socket: a
+    read-back's first requests each open the stores and compile their queries, and those run on
+    every core.  SIGTERM ends the copies and reaps them before this process exits."""
+    import logging
+    import signal
+
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    class Handler(WSGIRequestHandler):
+        protocol_version = "HTTP/1.1"  # one connection per client thread, not one per request
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = make_server(host, port, app, threaded=True, request_handler=Handler)  # bound and listening
+    copies = []
+    for _ in range(min(len(os.sched_getaffinity(0)), MAX_PROCESSES) - 1):
+        pid = os.fork()  # before any store is opened: each process opens its own
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            server.serve_forever()
+            os._exit(0)
+        copies.append(pid)
+
+    def stop(*_: Any) -> None:
+        for pid in copies:
+            os.kill(pid, signal.SIGKILL)
+        for pid in copies:
+            os.waitpid(pid, 0)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    server.serve_forever()
 
 
 if __name__ == "__main__":

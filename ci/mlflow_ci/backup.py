@@ -70,7 +70,7 @@ def pack_key(name: str) -> str:
     return f"packs/{name}.pack"
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(CHUNK), b""):
@@ -332,7 +332,8 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
                               **known[before["sha256"]]}  # fmt: skip
                 continue
         todo.append(n)
-    source_root = source.root if isinstance(source, LocalStore) else None
+    # Plain strings for the paths: pathlib costs more than the read of a small artifact.
+    source_root = str(source.root) + os.sep if isinstance(source, LocalStore) else None
     repo_root = repo.local_root
     objects_dir = str(repo_root / "objects") if repo_root is not None else ""
     if repo_root is not None:
@@ -362,20 +363,20 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
         """(index, checksum, size, location) of each object as copied; checksum None: it vanished."""
         done: list[tuple[int, str | None, int, dict[str, Any]]] = []
         with tempfile.TemporaryDirectory(prefix="mlflow-ci-backup-") as tmp:
-            scratch = Path(tmp) / "obj"
+            scratch = os.path.join(tmp, "obj")
             for n in batch:
                 info = listing[n]
                 try:
                     if source_root is not None:
-                        path = source_root / info.key
+                        path = source_root + info.key
                     else:
-                        source.get(info.key, scratch)
+                        source.get(info.key, Path(scratch))
                         path = scratch
                     if info.size <= PACKED:
                         # Small: read once, hash, append to the pack (a torn pack is never named
                         # by a published manifest, so nothing in it is trusted).
-                        with open(path, "rb") as fh:
-                            data = fh.read()
+                        with open(path, "rb", buffering=0) as fh:
+                            data = fh.readall()
                         if len(data) <= PACKED:
                             sha = hashlib.sha256(data).hexdigest()
                             where, _ = hold(sha, len(data), functools.partial(packs.add, data))
@@ -385,7 +386,7 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
                         # One read: hash while copying into the repository, then name the copy by its hash.
                         hasher = hashlib.sha256()
                         incoming = os.path.join(objects_dir, f".in-{n}.tmp")
-                        size = _copy_hashing(str(path), incoming, hasher)
+                        size = _copy_hashing(path, incoming, hasher)
                         sha = hasher.hexdigest()
                         where, new = hold(sha, size, dict)
                         if new:
@@ -394,10 +395,10 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
                             os.unlink(incoming)
                     else:
                         sha = sha256_file(path)
-                        size = path.stat().st_size
+                        size = os.path.getsize(path)
                         where, new = hold(sha, size, dict)
                         if new:
-                            repo.store.put(path, object_key(sha))
+                            repo.store.put(Path(path), object_key(sha))
                 except (FileNotFoundError, InfraError):
                     # Deleted between listing and copying (e.g. by `mlflow gc`): not part of this backup.
                     done.append((n, None, 0, {}))
@@ -418,8 +419,7 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
 
 
 def _snapshot_db(backend: Backend, staging: Path, stem: str, **kw: Any) -> dict[str, Any]:
-    """The dump's manifest entry; the caller adds ``dump_sha256`` (the backend's dump is hashed
-    while the artifacts are copied)."""
+    """The dump's manifest entry, its checksum included (``kw``: :meth:`Backend.snapshot`'s)."""
     dump = staging / f"{stem}{backend.dump_suffix}"
     snap = backend.snapshot(dump, **kw)
     return {
@@ -427,11 +427,28 @@ def _snapshot_db(backend: Backend, staging: Path, stem: str, **kw: Any) -> dict[
         "uri": redact(backend.uri),
         "dump": dump.name,
         "dump_size": dump.stat().st_size,
+        "dump_sha256": sha256_file(dump),
         "tool": snap.tool,
         "schema_revision": snap.schema_revision,
         "row_counts": snap.row_counts,
         "sample": snap.sample,
     }
+
+
+def _snapshot_when(taken: threading.Event, failed: threading.Event, backend: Backend, staging: Path,
+                   sample_runs: int) -> dict[str, Any]:  # fmt: skip
+    """:func:`_snapshot_db` of the tracking database that sets ``taken`` once the snapshot's point
+    in time is fixed (at the latest when it ends; on failure ``failed`` first); its seconds in
+    ``seconds``."""
+    t0 = time.monotonic()
+    try:
+        db = _snapshot_db(backend, staging, "backend", sample_runs=sample_runs, taken=taken)
+    except BaseException:
+        failed.set()
+        taken.set()
+        raise
+    taken.set()
+    return {**db, "seconds": time.monotonic() - t0}
 
 
 def manifest_text(manifest: Mapping[str, Any]) -> str:
@@ -494,12 +511,16 @@ def take_backup(
         with staging_ctx as staging_name:
             staging = Path(staging_name)
             try:
-                t0 = time.monotonic()
                 with output.step(f"database snapshot ({backend.kind})"):
-                    db = _snapshot_db(backend, staging, "backend", sample_runs=sample_runs)
-                    # The finished dump is hashed on another thread while the artifacts are copied.
-                    dump_hash = parallel.Background(sha256_file, staging / db["dump"])
-                timings["database"] = time.monotonic() - t0
+                    # The artifacts are listed from the moment the snapshot is fixed (``taken``),
+                    # while the dump is finished, checked and hashed on another thread.
+                    taken, failed = threading.Event(), threading.Event()
+                    snapshot = parallel.Background(
+                        _snapshot_when, taken, failed, backend, staging, sample_runs
+                    )
+                    taken.wait()
+                    if failed.is_set():
+                        snapshot.result()  # raises what stopped it
                 t0 = time.monotonic()
                 stats = _Copied()
                 packs = _PackWriter(repo, backup_id, staging)
@@ -509,15 +530,16 @@ def take_backup(
                         stats.packs_written = len(packs.close())
                     except BaseException:
                         packs.abort()
+                        snapshot.join()  # nothing left writing into the staging folder
                         raise
                 timings["artifacts"] = time.monotonic() - t0
-                db["dump_sha256"] = dump_hash.result()
+                db = snapshot.result()
+                timings["database"] = db.pop("seconds")
                 auth_info = None
                 if auth:
                     t0 = time.monotonic()
                     with output.step(f"auth database snapshot ({auth.kind})"):
                         auth_info = _snapshot_db(auth, staging, "auth", sample_runs=0)
-                        auth_info["dump_sha256"] = sha256_file(staging / auth_info["dump"])
                         auth_info.pop("sample", None)
                     timings["auth"] = time.monotonic() - t0
                 manifest = {

@@ -14,10 +14,13 @@ stores do not read back); a server that stops answering is an infrastructure err
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
 import math
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 from . import parallel
 from .errors import ServerUnreachable
@@ -29,6 +32,8 @@ TIMEOUT_S = 60
 BULK_HISTORY_LIMIT = 25000
 BULK_HISTORY_RUNS = 100
 PAGE = 1000
+# Requests of one kind in flight at a time: this process reads one answer while the next is made.
+READ_THREADS = 2
 
 
 class ServerAnswered(Exception):
@@ -36,33 +41,74 @@ class ServerAnswered(Exception):
 
     def __init__(self, status: int, path: str, message: str) -> None:
         super().__init__(f"HTTP {status} from {path}: {message}")
+        self.status = status
+
+
+class Unreadable(Exception):
+    """A request got no usable answer: the connection failed, or the body is not JSON."""
 
 
 class Rest:
-    """MLflow's REST API at ``url``, one keep-alive session per thread."""
+    """MLflow's REST API at ``url`` over the standard library's HTTP client, one keep-alive
+    connection per thread (a restore's process never imports an HTTP library of its own)."""
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
+        parts = urlsplit(self.url)
+        self._connection_class = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        self._netloc, self._base = parts.netloc, parts.path
         self._local = threading.local()
 
-    @property
-    def session(self) -> Any:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            import requests
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connection_class(self._netloc, timeout=TIMEOUT_S)
+        return conn  # type: ignore[no-any-return]
 
-            session = self._local.session = requests.Session()
-        return session
+    def _request(self, method: str, path: str, params: Any, body: Any) -> http.client.HTTPResponse:
+        target = self._base + path + (f"?{urlencode(params, doseq=True)}" if params else "")
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        for attempt in (1, 2):  # a kept-alive connection the server has closed is opened again once
+            conn = self._connection()
+            try:
+                conn.request(method, target, body=payload, headers=headers)
+                return conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                self._local.conn = None
+                if attempt == 2:
+                    raise Unreadable(f"{method} {path}: {exc}") from exc
+        raise AssertionError("unreachable")
 
-    def call(
-        self, method: str, path: str, *, params: Any = None, body: Any = None, stream: bool = False
-    ) -> Any:
-        """The JSON answer (``stream``: the response itself, to be read and closed by the caller)."""
-        response = self.session.request(method, self.url + path, params=params, json=body, timeout=TIMEOUT_S,
-                                        stream=stream)  # fmt: skip
-        if response.status_code != 200:
-            raise ServerAnswered(response.status_code, path, _error_message(response))
-        return response if stream else response.json()
+    def call(self, method: str, path: str, *, params: Any = None, body: Any = None) -> Any:
+        """The JSON answer; :class:`ServerAnswered` for an error status."""
+        response = self._request(method, path, params, body)
+        try:
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreadable(f"{method} {path}: {exc}") from exc
+        if response.status != 200:
+            raise ServerAnswered(response.status, path, _error_message(data, response.reason))
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise Unreadable(f"{method} {path}: the answer is not JSON ({data[:80]!r})") from exc
+
+    def sha256(self, path: str) -> str:
+        """The SHA-256 of the body of ``GET path``, read in blocks."""
+        response = self._request("GET", path, None, None)
+        if response.status != 200:
+            raise ServerAnswered(response.status, path, _error_message(response.read(), response.reason))
+        hasher = hashlib.sha256()
+        try:
+            while block := response.read(1 << 20):
+                hasher.update(block)
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreadable(f"GET {path}: {exc}") from exc
+        return hasher.hexdigest()
 
     def pages(self, method: str, path: str, field: str, **query: Any) -> Iterator[dict[str, Any]]:
         """Every item of a paged search (``next_page_token``)."""
@@ -84,22 +130,21 @@ class Rest:
         return check_health(self.url)
 
 
-def _error_message(response: Any) -> str:
+def _error_message(body: bytes, reason: str) -> str:
+    text = body.decode("utf-8", errors="replace")
     try:
-        data = response.json()
+        data = json.loads(text)
         text = str(data.get("message") or data.get("error_code") or data)
-    except ValueError:
-        text = response.text
-    return (text.strip().splitlines() or [response.reason or "no message"])[0][:300]
+    except (ValueError, AttributeError):
+        pass
+    return (text.strip().splitlines() or [reason or "no message"])[0][:300]
 
 
 def guarded(rest: Rest, name: str, expected: str, read: Callable[[], Check]) -> Check:
     """``read()``'s check, or a failed one when the server answers the read with an error."""
-    import requests
-
     try:
         return read()
-    except (ServerAnswered, requests.RequestException) as exc:  # a body that is not JSON included
+    except (ServerAnswered, Unreadable) as exc:
         if not rest.healthy():
             raise ServerUnreachable(
                 f"The read-back server at {rest.url} stopped answering during the check {name!r}.",
@@ -110,19 +155,21 @@ def guarded(rest: Rest, name: str, expected: str, read: Callable[[], Check]) -> 
 
 def verify_through_server(url: str, manifest: Mapping[str, Any], *, artifacts: bool = True) -> list[Check]:
     """Read the sample back and compare it field by field (``artifacts=False``: everything but
-    the artifacts, which need the artifact store filled).  One read after another: measured,
-    reads on threads were slower (the first ones each open the server's stores)."""
+    the artifacts, which need the artifact store filled).  The checks run side by side, a few
+    requests in flight at a time (the server's threads answer while this process compares)."""
     rest = Rest(url)
     sample = manifest["backend"].get("sample") or {}
     n_runs, n_models = len(sample.get("runs", [])), len(sample.get("registered_models", []))
-    checks = [
-        guarded(rest, "runs read back (ids, times, status, params, metric histories)",
-                f"{n_runs} sampled runs identical", lambda: _check_runs(rest, sample)),
-        guarded(rest, "registered models, versions, aliases read back",
-                f"{n_models} models and their versions and aliases identical", lambda: _check_models(rest, sample)),
-        guarded(rest, "experiments read back", str(manifest["backend"]["row_counts"].get("experiments")),
-                lambda: _check_experiments(rest, manifest)),
+    reads: list[tuple[str, str, Callable[[], Check]]] = [
+        ("runs read back (ids, times, status, params, metric histories)", f"{n_runs} sampled runs identical",
+         lambda: _check_runs(rest, sample)),
+        ("registered models, versions, aliases read back",
+         f"{n_models} models and their versions and aliases identical", lambda: _check_models(rest, sample)),
+        ("experiments read back", str(manifest["backend"]["row_counts"].get("experiments")),
+         lambda: _check_experiments(rest, manifest)),
     ]  # fmt: skip
+    checks = parallel.map_batches(lambda batch: [guarded(rest, *read) for read in batch], reads,
+                                  threads=len(reads), batch=1)  # fmt: skip
     if artifacts:
         checks.append(verify_artifacts_through_server(url, manifest, rest=rest))
     return checks
@@ -143,12 +190,13 @@ def verify_artifacts_through_server(
 
 
 def _check_runs(rest: Rest, sample: Mapping[str, Any]) -> Check:
-    """One search per 100 runs, one bulk history read per metric key and 100 runs."""
+    """Each run read by id, one bulk history read per metric key and 100 runs."""
     problems: list[str] = []
     metric_points = 0
     wanted = sample.get("runs", [])
-    got_runs = _runs_by_id(rest, wanted)
+    runs = parallel.Background(_runs_by_id, rest, wanted)  # beside the histories
     histories = _metric_histories(rest, wanted)
+    got_runs = runs.result()
     for want in wanted:
         run = got_runs.get(want["run_id"])
         if run is None:
@@ -180,20 +228,27 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _runs_by_id(rest: Rest, wanted: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    ids = [w["run_id"] for w in wanted]
-    experiments = sorted({str(w["experiment_id"]) for w in wanted})
-    for i in range(0, len(ids), 100):
-        chunk = ids[i : i + 100]
-        quoted = ", ".join(f"'{run_id}'" for run_id in chunk)
-        # One page: the chunk's ids are unique, so it holds them all (a paged search would ask
-        # once more, since the server offers a next page whenever a page is full).
-        answer = rest.call("POST", "/api/2.0/mlflow/runs/search",
-                           body={"experiment_ids": experiments, "filter": f"attributes.run_id IN ({quoted})",
-                                 "run_view_type": "ALL", "max_results": len(chunk)})  # fmt: skip
-        for run in answer.get("runs", []):
-            out[run["info"]["run_id"]] = run
-    return out
+    """Each sampled run read by id (``runs/get``): a read that touches nothing but the run (MLflow's
+    run search first imports the server's auth module, half a second of the read-back)."""
+
+    def get(batch: Sequence[Mapping[str, Any]]) -> list[tuple[str, Any]]:
+        out = []
+        for want in batch:
+            try:
+                out.append(
+                    (
+                        want["run_id"],
+                        rest.call("GET", "/api/2.0/mlflow/runs/get", params={"run_id": want["run_id"]})[
+                            "run"
+                        ],
+                    )
+                )
+            except ServerAnswered as exc:
+                if exc.status != 404:
+                    raise
+        return out
+
+    return dict(parallel.map_batches(get, list(wanted), threads=READ_THREADS, batch=1))
 
 
 def _norm(value: Any) -> Any:
@@ -221,18 +276,23 @@ def _metric_histories(rest: Rest, wanted: Sequence[Mapping[str, Any]]) -> dict[t
                 long.append((want["run_id"], key))
             else:
                 by_key.setdefault(key, []).append(want["run_id"])
-    out: dict[tuple[str, str], list[Any]] = {}
-    for key, run_ids in by_key.items():
-        for i in range(0, len(run_ids), BULK_HISTORY_RUNS):
+    bulk = [(key, run_ids[i : i + BULK_HISTORY_RUNS]) for key, run_ids in by_key.items()
+            for i in range(0, len(run_ids), BULK_HISTORY_RUNS)]  # fmt: skip
+
+    def read(batch: Sequence[tuple[str, list[str]]]) -> list[tuple[tuple[str, str], Any]]:
+        points: list[tuple[tuple[str, str], Any]] = []
+        for key, run_ids in batch:
             answer = rest.call("GET", "/ajax-api/2.0/mlflow/metrics/get-history-bulk",
-                               params={"run_id": run_ids[i : i + BULK_HISTORY_RUNS], "metric_key": key,
-                                       "max_results": BULK_HISTORY_LIMIT})  # fmt: skip
-            for m in answer.get("metrics", []):
-                out.setdefault((m["run_id"], key), []).append((m.get("step", 0), m["timestamp"], m["value"]))
-    for run_id, key in long:
-        pages = rest.pages("GET", "/api/2.0/mlflow/metrics/get-history", "metrics", run_id=run_id, metric_key=key,
-                           max_results=BULK_HISTORY_LIMIT)  # fmt: skip
-        out[(run_id, key)] = [(m.get("step", 0), m["timestamp"], m["value"]) for m in pages]
+                               params={"run_id": run_ids, "metric_key": key, "max_results": BULK_HISTORY_LIMIT})  # fmt: skip
+            points += [
+                ((m["run_id"], key), (m.get("step", 0), m["timestamp"], m["value"]))
+                for m in answer.get("metrics", [])
+            ]
+        return points
+
+    out: dict[tuple[str, str], list[Any]] = {}
+    for pair, point in parallel.map_batches(read, bulk, threads=READ_THREADS, batch=1):
+        out.setdefault(pair, []).append(point)
     return {pair: sorted_points(points) for pair, points in out.items()}
 
 
@@ -313,15 +373,6 @@ def _list_recursive(rest: Rest, root: str, path: str = "") -> dict[str, int]:
     return out
 
 
-def _download_sha256(rest: Rest, key: str) -> str:
-    hasher = hashlib.sha256()
-    response = rest.call("GET", f"{PROXY}/{key}", stream=True)
-    with response:
-        for block in response.iter_content(1 << 20):
-            hasher.update(block)
-    return hasher.hexdigest()
-
-
 def _check_artifacts(rest: Rest, sample: Mapping[str, Any], manifest: Mapping[str, Any]) -> Check:
     """Each sampled run's folder listed through the server's artifact proxy (the run's location
     is in the sample already), and the first file of the first few runs downloaded and checksummed."""
@@ -350,7 +401,7 @@ def _check_artifacts(rest: Rest, sample: Mapping[str, Any], manifest: Mapping[st
             continue
         if want and downloaded < 3:
             path, obj = sorted(want.items())[0]
-            if _download_sha256(rest, f"{prefix}/{path}") != obj["sha256"]:
+            if rest.sha256(f"{PROXY}/{prefix}/{path}") != obj["sha256"]:
                 problems.append(f"{run['run_id']}/{path}: checksum differs after download")
             downloaded += 1
     found = f"{checked} runs listed, {downloaded} files downloaded, identical"

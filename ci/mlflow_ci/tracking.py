@@ -250,18 +250,19 @@ class TrackingServer:
 class PreparedServer(TrackingServer):
     """MLflow's server app in a process started before its stores are filled (a restore's read-back).
 
-    :meth:`prepare` starts a process that imports uvicorn and MLflow's server, which is most of a
-    server start, while the caller is still writing the database and the artifacts;
-    :meth:`start` then hands it the stores and waits for ``/health``.  The process serves
-    ``mlflow.server.fastapi_app:app`` with uvicorn and the environment that ``mlflow server``
-    gives its own uvicorn child (:mod:`mlflow_ci._server_worker`); what ``mlflow server`` adds in
-    front, a second interpreter that only spawns that child, is what is saved.  Loopback only,
-    no auth app: for checks, not for serving a team.
+    :meth:`prepare` starts a process that imports MLflow's server, which is most of a server
+    start, while the caller is still writing the database and the artifacts; :meth:`start` then
+    hands it the stores and waits for ``/health``.  The process serves MLflow's Flask app
+    (``mlflow.server:app``, the REST API and the artifact proxy) with gunicorn, a worker per
+    core forked after the import, and the environment ``mlflow server --gunicorn-opts`` gives it
+    (:mod:`mlflow_ci._server_worker`).  Loopback only, no auth app: for checks, not for serving
+    a team.
     """
 
-    # Killed at once: a check server holds nothing to flush (it only read), and MLflow's graceful
-    # shutdown costs a restore 0.2 s.
-    stop_grace: ClassVar[float] = 0.0
+    # A check server holds nothing to flush (it only read): on SIGTERM it kills and reaps the
+    # serving copies it forked and exits within milliseconds (MLflow's own graceful shutdown cost
+    # a restore 0.2 s); the grace is for a process too busy to answer the signal.
+    stop_grace: ClassVar[float] = 5.0
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "mlflow_ci._server_worker", self.host, str(self.port)]
