@@ -19,9 +19,9 @@ fixed-size sample, neither of which grows with the number of runs), and backup p
 each further run adds, every cost counted: the slope between the round trip of this server and
 of a smaller one (``BENCH_BACKUP_SMALL_RUNS``, 1,000 + the sample), against the baseline's
 average per run (which still carries its own two process starts, a few seconds of its
-minutes).  Ours is repeated
-``BENCH_BACKUP_REPEATS`` times (3) in new folders and the median is reported; the baseline, at
-about 0.3-0.7 s per run, runs once.
+minutes).  Ours is repeated ``BENCH_BACKUP_REPEATS`` times (5) in new folders, the rounds
+spread before, between and after the baseline's export and import (this machine's speed drifts
+over minutes), and the median is reported; the baseline, at about 0.3-0.7 s per run, runs once.
 
 ``mlflow-migration`` needs Python >= 3.12: the benchmark builds a venv with pyenv's 3.12 once
 (``BENCH_MIGRATION_VENV``, default ``.nox/_mlflow_migration``).  Knobs: ``BENCH_BACKUP_RUNS``
@@ -49,7 +49,7 @@ from mlflow_ci.tracking import TrackingServer, client_settings
 ROOT = Path(__file__).resolve().parent.parent
 N_RUNS = int(os.environ.get("BENCH_BACKUP_RUNS", "10000"))
 SAMPLE = int(os.environ.get("BENCH_BACKUP_SAMPLE", "200"))
-REPEATS = int(os.environ.get("BENCH_BACKUP_REPEATS", "3"))
+REPEATS = int(os.environ.get("BENCH_BACKUP_REPEATS", "5"))
 SMALL_RUNS = int(os.environ.get("BENCH_BACKUP_SMALL_RUNS", "1000"))
 GOAL = 1000.0
 MIGRATION_VENV = Path(os.environ.get("BENCH_MIGRATION_VENV", ROOT / ".nox" / "_mlflow_migration"))
@@ -261,6 +261,13 @@ def ours_round_trip(work: Path, uri: str, artifacts: Path, *, data_path: bool = 
     return out
 
 
+def _schedule(repeats: int) -> tuple[int, int, int]:
+    """Our rounds before the baseline's export, between its export and import, and after it."""
+    between = 1 if repeats >= 3 else 0
+    before = (repeats - between + 1) // 2
+    return before, between, repeats - before - between
+
+
 def main() -> dict[str, object]:
     results: dict[str, object] = {"runs": N_RUNS + SAMPLE, "sample": SAMPLE}
     with tempfile.TemporaryDirectory(prefix="bench-backup-") as tmp:
@@ -270,16 +277,44 @@ def main() -> dict[str, object]:
         print(
             f"generated {gen['runs']} runs ({gen['metric_rows']} metric rows) in {time.perf_counter() - t0:.1f}s"
         )
+        # Ours, REPEATS times in new folders, around the baseline (before its export, between
+        # export and import, after): this machine's speed drifts over minutes, and the median of
+        # rounds that bracket the baseline is compared with it, not rounds taken before it only.
+        rounds: list[dict[str, Any]] = []
 
-        # Ours, REPEATS times (each in new folders; the median round is reported).
-        rounds = []
-        for i in range(REPEATS):
-            rounds.append(ours_round_trip(work / f"ours-{i}", gen["uri"], work / "src-art"))
-            r = rounds[-1]
-            print(f"round {i + 1}: backup {r['backup']:.2f}s, restore {r['restore']:.2f}s, "
-                  f"restore --no-server-check {r['restore_data']:.2f}s", flush=True)  # fmt: skip
+        def our_rounds(count: int, when: str) -> None:
+            for _ in range(count):
+                r = ours_round_trip(work / f"ours-{len(rounds)}", gen["uri"], work / "src-art")
+                rounds.append(r)
+                print(f"round {len(rounds)} ({when}): backup {r['backup']:.2f}s, restore {r['restore']:.2f}s, "
+                      f"restore --no-server-check {r['restore_data']:.2f}s", flush=True)  # fmt: skip
+
+        before, between, after = _schedule(REPEATS)
+        our_rounds(before, "before the baseline")
+        bin_dir = migration_bin()
+        first = work / "ours-0"
+        with TrackingServer(work / "src-server", backend_store_uri=gen["uri"],
+                            artifacts_destination=str(work / "src-art")) as src:  # fmt: skip
+            source_view = view(src.url, "bench_sample")
+            with TrackingServer(work / "dst-server", backend_store_uri=f"sqlite:///{first / 'restore.db'}",
+                                artifacts_destination=str(first / "restore-art")) as restored:  # fmt: skip
+                ours = fidelity(source_view, view(restored.url, "bench_sample"))
+            if bin_dir is not None:
+                env = {**os.environ, "MLFLOW_TRACKING_URI": src.url, "MLFLOW_DISABLE_TELEMETRY": "true"}
+                env.pop("PYTHONPATH", None)
+                t_export = _timed([str(bin_dir / "mlflow-migration-export-experiment"), "--experiment",
+                                   "bench_sample", "--output-dir", str(work / "export")], env)  # fmt: skip
+        if bin_dir is not None:
+            our_rounds(between, "between the baseline's export and import")
+            with TrackingServer(work / "imp-server") as target:
+                env["MLFLOW_TRACKING_URI"] = target.url
+                t_import = _timed([str(bin_dir / "mlflow-migration-import-experiment"), "--experiment-name",
+                                   "bench_sample", "--input-dir", str(work / "export")], env)  # fmt: skip
+                theirs = fidelity(source_view, view(target.url, "bench_sample"))
+            our_rounds(after, "after the baseline")
+        else:
+            our_rounds(between + after, "no baseline")
         median = sorted(rounds, key=lambda r: r["all"])[len(rounds) // 2]
-        last = work / f"ours-{REPEATS - 1}"
         t_backup, t_restore, t_restore_data, manifest = (
             median["backup"],
             median["restore"],
@@ -287,7 +322,7 @@ def main() -> dict[str, object]:
             median["manifest"],
         )
         t_incremental = _cli("backup", "--backend-store-uri", gen["uri"], "--artifacts-destination",
-                             str(work / "src-art"), "--to", str(last / "repo"))  # fmt: skip
+                             str(work / "src-art"), "--to", str(first / "repo"))  # fmt: skip
         # The same round trip (every cost counted) on a smaller generated server: the slope
         # between the two sizes is the cost each further run adds, fixed costs (the read-back
         # server's start, its fixed-size sample) cancelled by measurement, not subtracted.
@@ -307,30 +342,11 @@ def main() -> dict[str, object]:
                        rounds_all_s=[round(r["all"], 2) for r in rounds],
                        incremental_backup_s=round(t_incremental, 2), ours_per_run_ms=round(ours_per_run * 1000, 4),
                        ours_per_run_data_path_ms=round(marginal * 1000, 4), restore_no_server_check_s=round(t_restore_data, 2),
-                       artifacts=manifest["artifacts"]["count"])  # fmt: skip
-
-        bin_dir = migration_bin()
-        with TrackingServer(work / "src-server", backend_store_uri=gen["uri"],
-                            artifacts_destination=str(work / "src-art")) as src:  # fmt: skip
-            source_view = view(src.url, "bench_sample")
-            with TrackingServer(work / "dst-server", backend_store_uri=f"sqlite:///{last / 'restore.db'}",
-                                artifacts_destination=str(last / "restore-art")) as restored:  # fmt: skip
-                ours = fidelity(source_view, view(restored.url, "bench_sample"))
-            if bin_dir is None:
-                print(
-                    "mlflow-migration is not available (needs Python >= 3.12): no baseline", file=sys.stderr
-                )
-                results["baseline"] = "unavailable"
-                return results
-            env = {**os.environ, "MLFLOW_TRACKING_URI": src.url, "MLFLOW_DISABLE_TELEMETRY": "true"}
-            env.pop("PYTHONPATH", None)
-            t_export = _timed([str(bin_dir / "mlflow-migration-export-experiment"), "--experiment", "bench_sample",
-                               "--output-dir", str(work / "export")], env)  # fmt: skip
-        with TrackingServer(work / "imp-server") as target:
-            env["MLFLOW_TRACKING_URI"] = target.url
-            t_import = _timed([str(bin_dir / "mlflow-migration-import-experiment"), "--experiment-name",
-                               "bench_sample", "--input-dir", str(work / "export")], env)  # fmt: skip
-            theirs = fidelity(source_view, view(target.url, "bench_sample"))
+                       artifacts=manifest["artifacts"]["count"], fidelity_ours=ours)  # fmt: skip
+        if bin_dir is None:
+            print("mlflow-migration is not available (needs Python >= 3.12): no baseline", file=sys.stderr)
+            results["baseline"] = "unavailable"
+            return results
         base_per_run = (t_export + t_import) / SAMPLE
         ratio = base_per_run / ours_per_run
         ratio_marginal = base_per_run / marginal
@@ -339,8 +355,7 @@ def main() -> dict[str, object]:
                        baseline_per_run_ms=round(base_per_run * 1000, 2), ratio=round(ratio, 1),
                        ratio_marginal=round(ratio_marginal, 1), ratio_slope=round(ratio_slope, 1),
                        small_runs=small["runs"], small_all_s=round(small_all, 2),
-                       ours_per_run_slope_ms=round(slope * 1000, 4), fidelity_ours=ours,
-                       fidelity_mlflow_migration=theirs)  # fmt: skip
+                       ours_per_run_slope_ms=round(slope * 1000, 4), fidelity_mlflow_migration=theirs)  # fmt: skip
 
     print()
     print(f"{'':34} {'mlflow-ci backup+restore':>26} {'mlflow-migration':>18}")

@@ -418,16 +418,24 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
     return [o for o in objects if o is not None]
 
 
-def _snapshot_db(backend: Backend, staging: Path, stem: str, **kw: Any) -> dict[str, Any]:
-    """The dump's manifest entry, its checksum included (``kw``: :meth:`Backend.snapshot`'s)."""
+def _snapshot_db(backend: Backend, staging: Path, stem: str, *, sync: bool, **kw: Any) -> dict[str, Any]:
+    """The dump's manifest entry, its checksum included (``kw``: :meth:`Backend.snapshot`'s);
+    ``sync``: the dump is made durable here (on another thread while the artifacts are copied,
+    so the backup's last sync waits for little more than the pack and the manifest)."""
     dump = staging / f"{stem}{backend.dump_suffix}"
     snap = backend.snapshot(dump, **kw)
+    hasher = hashlib.sha256()
+    with open(dump, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            hasher.update(block)
+        if sync:
+            os.fsync(fh.fileno())
     return {
         "kind": backend.kind,
         "uri": redact(backend.uri),
         "dump": dump.name,
         "dump_size": dump.stat().st_size,
-        "dump_sha256": sha256_file(dump),
+        "dump_sha256": hasher.hexdigest(),
         "tool": snap.tool,
         "schema_revision": snap.schema_revision,
         "row_counts": snap.row_counts,
@@ -436,13 +444,13 @@ def _snapshot_db(backend: Backend, staging: Path, stem: str, **kw: Any) -> dict[
 
 
 def _snapshot_when(taken: threading.Event, failed: threading.Event, backend: Backend, staging: Path,
-                   sample_runs: int) -> dict[str, Any]:  # fmt: skip
+                   sample_runs: int, sync: bool) -> dict[str, Any]:  # fmt: skip
     """:func:`_snapshot_db` of the tracking database that sets ``taken`` once the snapshot's point
     in time is fixed (at the latest when it ends; on failure ``failed`` first); its seconds in
     ``seconds``."""
     t0 = time.monotonic()
     try:
-        db = _snapshot_db(backend, staging, "backend", sample_runs=sample_runs, taken=taken)
+        db = _snapshot_db(backend, staging, "backend", sync=sync, sample_runs=sample_runs, taken=taken)
     except BaseException:
         failed.set()
         taken.set()
@@ -515,9 +523,8 @@ def take_backup(
                     # The artifacts are listed from the moment the snapshot is fixed (``taken``),
                     # while the dump is finished, checked and hashed on another thread.
                     taken, failed = threading.Event(), threading.Event()
-                    snapshot = parallel.Background(
-                        _snapshot_when, taken, failed, backend, staging, sample_runs
-                    )
+                    snapshot = parallel.Background(_snapshot_when, taken, failed, backend, staging, sample_runs,
+                                                   local_root is not None)  # fmt: skip
                     taken.wait()
                     if failed.is_set():
                         snapshot.result()  # raises what stopped it
@@ -539,7 +546,9 @@ def take_backup(
                 if auth:
                     t0 = time.monotonic()
                     with output.step(f"auth database snapshot ({auth.kind})"):
-                        auth_info = _snapshot_db(auth, staging, "auth", sample_runs=0)
+                        auth_info = _snapshot_db(
+                            auth, staging, "auth", sync=local_root is not None, sample_runs=0
+                        )
                         auth_info.pop("sample", None)
                     timings["auth"] = time.monotonic() - t0
                 manifest = {
