@@ -451,12 +451,13 @@ def verify_artifacts(manifest: Mapping[str, Any], target: ArtifactStore) -> Chec
 def restore_command(*, source: str | None, backend_store_uri: str | None, artifacts_uri: str | None,
                     auth_db_uri: str | None, backup_id: str | None, dry_run: bool, server_check: bool,
                     policy_path: Path | None, report_dir: Path | None, as_json: bool, drill: bool = False) -> int:  # fmt: skip
-    from .cli import emit_json
-    from .server_profile import resolve_ops
-
     with contextlib.ExitStack() as stack:
-        # First of all: the read-back server's process imports MLflow while the rest is done.
+        # First of all, before even the policy's models are imported: the read-back server's
+        # process imports MLflow (the longest part of a restore) while the rest is done.
         server = read_back_server(stack) if server_check and not dry_run else None
+        from .cli import emit_json
+        from .server_profile import resolve_ops
+
         ops = resolve_ops(policy_path, destination=source)
         if not ops.destination:
             raise ConfigError(
