@@ -18,9 +18,9 @@ Content is shared by all backups: a later backup names the pack and offset (or t
 object) an earlier one wrote.  Packs turn 10,000 small artifacts into one file to write, sync,
 upload and read back, instead of 10,000.
 
-Atomicity: on a local folder a pack is written under a temporary name and renamed when the copy
-is done, loose objects under a temporary name then renamed, and all of it synced once before
-the manifest is published; only content a published manifest names is trusted by later
+Atomicity: on a local folder a pack is written under a temporary name, synced and renamed when
+the copy is done, loose objects under a temporary name then renamed and synced together (one
+sync for all of them), all before the manifest is published; only content a published manifest names is trusted by later
 backups, so anything torn by a crash is written again.  On object stores each put is atomic.
 On a local folder a backup is assembled in ``backups/.partial-<id>``, fsynced and renamed into
 place, and only then is ``latest`` replaced (atomically).  On object stores the manifest is
@@ -246,6 +246,7 @@ class _Copied:
     vanished: int = 0
     bytes_copied: int = 0
     packs_written: int = 0
+    loose_written: int = 0  # into a local repository's objects/ (synced with the rest at the end)
 
 
 class _PackWriter:
@@ -288,10 +289,13 @@ class _PackWriter:
     def _finish(self) -> None:
         if self._fh is None:
             return
+        root = self.repo.local_root
+        if root is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())  # durable before its name appears (the folder is synced last)
         self._fh.close()
         self._fh = None
         assert self._name is not None
-        root = self.repo.local_root
         if root is not None:
             os.replace(self._path, root / pack_key(self._name))
         else:
@@ -391,6 +395,7 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
                         where, new = hold(sha, size, dict)
                         if new:
                             os.replace(incoming, object_path(sha))
+                            stats.loose_written += 1
                         else:
                             os.unlink(incoming)
                     else:
@@ -498,7 +503,6 @@ def take_backup(
     repo = BackupRepo.open(destination, env)
     if isinstance(repo.store, LocalStore):
         repo.store.root.mkdir(parents=True, exist_ok=True)
-        repo.store.durable = False  # one sync before the manifest is published, not one fsync per object
     else:
         repo.store.probe()
     backup_id = new_backup_id()
@@ -570,7 +574,7 @@ def take_backup(
                     "stats": {**stats.__dict__, "seconds": {k: round(v, 3) for k, v in timings.items()}},
                 }
                 (staging / MANIFEST).write_text(manifest_text(manifest))
-                repo.store.flush()
+                _make_durable(repo, stats)
                 _publish(repo, staging, backup_id)
                 published = True
             finally:
@@ -579,6 +583,22 @@ def take_backup(
         if keep:
             manifest["pruned"] = prune(repo, keep=keep)
     return manifest
+
+
+def _make_durable(repo: BackupRepo, stats: _Copied) -> None:
+    """Everything the backup wrote into a local repository outside its staging folder, on disk
+    before the manifest is published: its packs were synced as each was finished (the dump on the
+    snapshot's thread), so only their folder's entries are left, and a backup that wrote loose
+    objects syncs the file systems once for all of them (one sync, not one per object).  Nothing
+    else is flushed: unrelated writes of the host are not this backup's to wait for."""
+    root = repo.local_root
+    if root is None:
+        return  # object stores: every put is durable
+    if stats.loose_written:
+        os.sync()
+    for folder in (root / "packs", root):
+        if folder.is_dir():
+            _fsync_dir(folder)
 
 
 def _publish(repo: BackupRepo, staging: Path, backup_id: str) -> None:
