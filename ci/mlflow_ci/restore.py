@@ -243,14 +243,20 @@ class _DatabaseSide:
             return db_checks, [check("server starts on the restored stores", False, expected="/health answers",
                                      found="did not start", detail=str(error))]  # fmt: skip
         try:
+            artifacts = parallel.Background(self._artifacts_read_back)  # beside the database's reads
             server_checks = verify_through_server(self.server.url, self.manifest, artifacts=False)
-            self.sample_copied.wait()
-            if not self._abandoned:
-                server_checks.append(verify_artifacts_through_server(self.server.url, self.manifest))
+            server_checks += [c for c in [artifacts.result()] if c is not None]
         finally:
             self.server.stop()  # read back: not needed while the rest of the copy finishes
         self.seconds["server"] = round(time.monotonic() - t0, 3)
         return db_checks, server_checks
+
+    def _artifacts_read_back(self) -> Check | None:
+        """The sampled runs' artifacts through the server's proxy, once they are copied."""
+        self.sample_copied.wait()
+        if self._abandoned:
+            return None
+        return verify_artifacts_through_server(self.server.url, self.manifest)
 
 
 def _sample_objects_first(
