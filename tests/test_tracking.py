@@ -21,6 +21,19 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
 def test_context_manager_starts_logs_and_cleans_up(tmp_path: Path) -> None:
     import mlflow
 
@@ -126,8 +139,10 @@ def test_prepared_server_serves_stores_filled_after_it_started(tmp_path: Path) -
         (tmp_path / "a.txt").write_text("through the proxy")
         client.log_artifact(run.info.run_id, str(tmp_path / "a.txt"))
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["a.txt"]
+        if Path("/proc/self/stat").exists():  # a serving process per core (at most 4), one group
+            assert len(_group_members(pid)) == min(len(os.sched_getaffinity(0)), 4)
     assert not check_health(server.url)
-    assert not _group_alive(pid)
+    assert not _group_alive(pid)  # every copy reaped: not even a zombie left
     assert any(artifacts.rglob("a.txt")), "artifacts went to the destination given"
 
 

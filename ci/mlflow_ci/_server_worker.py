@@ -91,14 +91,7 @@ def _serve(app: Any, host: str, port: int) -> None:
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = make_server(host, port, app, threaded=True, request_handler=Handler)  # bound and listening
-    copies = []
-    for _ in range(min(len(os.sched_getaffinity(0)), MAX_PROCESSES) - 1):
-        pid = os.fork()  # before any store is opened: each process opens its own
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            server.serve_forever()
-            os._exit(0)
-        copies.append(pid)
+    copies: list[int] = []
 
     def stop(*_: Any) -> None:
         for pid in copies:
@@ -107,8 +100,25 @@ def _serve(app: Any, host: str, port: int) -> None:
             os.waitpid(pid, 0)
         os._exit(0)
 
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, stop)  # before the first fork: no copy is ever left unreaped
+    for _ in range(_processes() - 1):
+        pid = os.fork()  # before any store is opened: each process opens its own
+        if pid == 0:
+            copies.clear()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            server.serve_forever()
+            os._exit(0)
+        copies.append(pid)
     server.serve_forever()
+
+
+def _processes() -> int:
+    """Serving processes: one per core this process may run on, at most ``MAX_PROCESSES``; one
+    where processes cannot be forked."""
+    if not hasattr(os, "fork"):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, MAX_PROCESSES))
 
 
 if __name__ == "__main__":

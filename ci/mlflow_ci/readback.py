@@ -85,13 +85,7 @@ class Rest:
 
     def call(self, method: str, path: str, *, params: Any = None, body: Any = None) -> Any:
         """The JSON answer; :class:`ServerAnswered` for an error status."""
-        response = self._request(method, path, params, body)
-        try:
-            data = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise Unreadable(f"{method} {path}: {exc}") from exc
-        if response.status != 200:
-            raise ServerAnswered(response.status, path, _error_message(data, response.reason))
+        data = _read(self._request(method, path, params, body), method, path, block=None)
         try:
             return json.loads(data)
         except ValueError as exc:
@@ -99,15 +93,8 @@ class Rest:
 
     def sha256(self, path: str) -> str:
         """The SHA-256 of the body of ``GET path``, read in blocks."""
-        response = self._request("GET", path, None, None)
-        if response.status != 200:
-            raise ServerAnswered(response.status, path, _error_message(response.read(), response.reason))
         hasher = hashlib.sha256()
-        try:
-            while block := response.read(1 << 20):
-                hasher.update(block)
-        except (OSError, http.client.HTTPException) as exc:
-            raise Unreadable(f"GET {path}: {exc}") from exc
+        _read(self._request("GET", path, None, None), "GET", path, block=hasher.update)
         return hasher.hexdigest()
 
     def pages(self, method: str, path: str, field: str, **query: Any) -> Iterator[dict[str, Any]]:
@@ -128,6 +115,23 @@ class Rest:
         from .tracking import check_health
 
         return check_health(self.url)
+
+
+def _read(
+    response: http.client.HTTPResponse, method: str, path: str, *, block: Callable[[bytes], Any] | None
+) -> bytes:
+    """The whole body (``block``: fed to it a block at a time instead); :class:`ServerAnswered`
+    for an error status, :class:`Unreadable` when the connection fails while reading."""
+    try:
+        if response.status != 200:
+            raise ServerAnswered(response.status, path, _error_message(response.read(), response.reason))
+        if block is None:
+            return response.read()
+        while data := response.read(1 << 20):
+            block(data)
+        return b""
+    except (OSError, http.client.HTTPException) as exc:
+        raise Unreadable(f"{method} {path}: {exc}") from exc
 
 
 def _error_message(body: bytes, reason: str) -> str:
