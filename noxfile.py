@@ -35,6 +35,9 @@ os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 def _install(session: nox.Session, *extras: str) -> None:
     spec = f".[{','.join(extras)}]" if extras else "."
     session.install("-e", spec)
+    # Bytecode for mlflow-ci's own modules, as an installed package has it: the install is
+    # editable, and under PYTHONDONTWRITEBYTECODE every CLI process would compile them again.
+    session.run("python", "-m", "compileall", "-q", str(ROOT / "ci" / "mlflow_ci"))
 
 
 def _env() -> dict[str, str | None]:
@@ -87,7 +90,4 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks in bench/: each prints its ratio against a baseline measured in the same run."""
     _install(session, "test")
-    # Bytecode for mlflow-ci's own modules, as an installed package has it: the benchmarks time
-    # CLI commands, and an editable install under PYTHONDONTWRITEBYTECODE compiles them every time.
-    session.run("python", "-m", "compileall", "-q", str(ROOT / "ci" / "mlflow_ci"))
     session.run("python", "-m", "bench", *session.posargs, env=_env())
