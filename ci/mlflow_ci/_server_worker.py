@@ -73,7 +73,27 @@ def main() -> None:
             _MLFLOW_IN_JOB_EXECUTOR.name: "false",
         }
     )
+    _open_stores()
     _serve(mlflow.server.app, host, port)
+
+
+def _open_stores() -> None:
+    """Open the tracking and registry stores once, before any copy is forked, so that every
+    serving process reads the stores this one checked: MLflow opening a store on a database that
+    lacks tables creates them, and a copy opening its own later could change what is read back.
+    Their pooled connections are closed first (a connection is never shared across a fork).  A
+    store that fails to open here fails the read that needs it, with MLflow's message, as before."""
+    from mlflow.server import handlers
+
+    try:
+        stores = [handlers._get_tracking_store(), handlers._get_model_registry_store()]
+    except Exception as exc:  # reported by the reads, which open the stores again
+        print(f"the stores did not open ahead of the reads: {exc}", file=sys.stderr, flush=True)
+        return
+    for store in stores:
+        engine = getattr(store, "engine", None)
+        if engine is not None:
+            engine.dispose()
 
 
 def _serve(app: Any, host: str, port: int) -> None:
