@@ -311,18 +311,28 @@ def _check_models(rest: Rest, sample: Mapping[str, Any]) -> Check:
     got_versions: dict[tuple[str, int], Any] = {}
     got_aliases: set[tuple[str, str, int]] = set()
     models = sample.get("registered_models", [])
-    for want_model in models:
+
+    def read(batch: Sequence[Mapping[str, Any]]) -> list[tuple[Any, list[Any]]]:
+        """Each model and its versions (the models a few at a time)."""
+        out = []
+        for want_model in batch:
+            name = want_model["name"]
+            rm = rest.call("GET", "/api/2.0/mlflow/registered-models/get", params={"name": name})
+            quoted = name.replace("'", "\\'")
+            versions = list(rest.pages("GET", "/api/2.0/mlflow/model-versions/search", "model_versions",
+                                       filter=f"name = '{quoted}'", max_results=PAGE))  # fmt: skip
+            out.append((rm["registered_model"], versions))
+        return out
+
+    for want_model, (rm, versions) in zip(
+        models, parallel.map_batches(read, models, threads=READ_THREADS, batch=1), strict=True
+    ):
         name = want_model["name"]
-        rm = rest.call("GET", "/api/2.0/mlflow/registered-models/get", params={"name": name})[
-            "registered_model"
-        ]
         if _int_or_none(rm.get("creation_timestamp")) != want_model["creation_time"]:
             problems.append(f"model {name} creation time changed")
         for alias in rm.get("aliases", []):
             got_aliases.add((name, alias["alias"], int(alias["version"])))
-        quoted = name.replace("'", "\\'")
-        for mv in rest.pages("GET", "/api/2.0/mlflow/model-versions/search", "model_versions",
-                             filter=f"name = '{quoted}'", max_results=PAGE):  # fmt: skip
+        for mv in versions:
             got_versions[(name, int(mv["version"]))] = mv
     for key, want in want_versions.items():
         mv = got_versions.get(key)
