@@ -74,9 +74,8 @@ _BY_NAME = operator.attrgetter("name")
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
 
 
-def _copy_hashing(src: str, dst: str, hasher: Any, *, sync: bool = False) -> int:
-    """Copy ``src`` to ``dst`` feeding every block to ``hasher`` (``sync``: and make the copy
-    durable); the number of bytes copied."""
+def _copy_hashing(src: str, dst: str, hasher: Any) -> int:
+    """Copy ``src`` to ``dst`` feeding every block to ``hasher``; the number of bytes copied."""
     size = 0
     with open(src, "rb") as inp, open(dst, "wb") as out:
         while True:
@@ -86,9 +85,6 @@ def _copy_hashing(src: str, dst: str, hasher: Any, *, sync: bool = False) -> int
             hasher.update(block)
             out.write(block)
             size += len(block)
-        if sync:
-            out.flush()
-            os.fsync(out.fileno())
     return size
 
 

@@ -70,11 +70,14 @@ def pack_key(name: str) -> str:
     return f"packs/{name}.pack"
 
 
-def sha256_file(path: str | Path) -> str:
+def sha256_file(path: str | Path, *, sync: bool = False) -> str:
+    """The file's SHA-256 (``sync``: the file is made durable as well, while it is open)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(CHUNK), b""):
             h.update(block)
+        if sync:
+            os.fsync(fh.fileno())
     return h.hexdigest()
 
 
@@ -429,18 +432,13 @@ def _snapshot_db(backend: Backend, staging: Path, stem: str, *, sync: bool, **kw
     so the backup's last sync waits for little more than the pack and the manifest)."""
     dump = staging / f"{stem}{backend.dump_suffix}"
     snap = backend.snapshot(dump, **kw)
-    hasher = hashlib.sha256()
-    with open(dump, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            hasher.update(block)
-        if sync:
-            os.fsync(fh.fileno())
+    checksum = sha256_file(dump, sync=sync)
     return {
         "kind": backend.kind,
         "uri": redact(backend.uri),
         "dump": dump.name,
         "dump_size": dump.stat().st_size,
-        "dump_sha256": hasher.hexdigest(),
+        "dump_sha256": checksum,
         "tool": snap.tool,
         "schema_revision": snap.schema_revision,
         "row_counts": snap.row_counts,
