@@ -29,6 +29,11 @@ from .fsutil import atomic_write_json
 
 STATE_FILE = "server.json"
 DEFAULT_STARTUP_TIMEOUT = 60.0
+# MLflow's server retries a database it cannot connect to for about 100 s (10 attempts, doubling
+# waits) before it exits.  Its 6th attempt comes about 6 s after the first: by then the database
+# is not merely starting, and the server stops with the database's own error.
+_DB_RETRY_SIGNATURE = "SQLAlchemy engine could not be created"
+DB_ATTEMPTS_BEFORE_GIVING_UP = 6
 
 # The MLflow client retries for minutes by default; a CI tool should say "unreachable" sooner.
 CLIENT_ENV = {
@@ -212,6 +217,7 @@ class TrackingServer:
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
+        next_log_check = 0.0
         while time.monotonic() < deadline:
             assert self._proc is not None
             if self._proc.poll() is not None:
@@ -222,10 +228,31 @@ class TrackingServer:
                 )
             if check_health(self.url, timeout=1.0):
                 return
+            if time.monotonic() >= next_log_check:
+                next_log_check = time.monotonic() + 0.5
+                self._fail_if_database_unreachable()
             time.sleep(0.05)
         raise InfraError(
             f"mlflow server at {self.url} did not answer /health within {self.startup_timeout:.0f}s. "
             f"Last lines of {self.log_path}:\n{proc.tail(self._read_log(), 20)}",
+        )
+
+    def _fail_if_database_unreachable(self) -> None:
+        """MLflow is still retrying a database it could not connect to (its log says so each
+        time): after :data:`DB_ATTEMPTS_BEFORE_GIVING_UP` attempts, stop with the database's error
+        instead of waiting out MLflow's retries or the startup timeout."""
+        text = self._read_log()
+        attempts = text.count(_DB_RETRY_SIGNATURE)
+        if attempts < DB_ATTEMPTS_BEFORE_GIVING_UP:
+            return
+        last = text[text.rindex(_DB_RETRY_SIGNATURE) :].splitlines()[1:4]
+        from .backends import redact
+
+        raise InfraError(
+            f"mlflow server cannot reach its database {redact(self.backend_store_uri or '')}: "
+            f"{attempts} attempts failed, the last with: {' '.join(line.strip() for line in last)}",
+            hint="Check that the database is running and reachable from this host, and the user, password "
+            "and database name in the backend store URI.",
         )
 
     def _read_log(self) -> str:
