@@ -64,6 +64,16 @@ def test_server_that_cannot_start_is_a_clear_infra_error(tmp_path: Path) -> None
     assert server.pid is None
 
 
+def test_an_earlier_starts_database_errors_do_not_stop_a_new_start(tmp_path: Path) -> None:
+    # The log is appended to across starts in one folder (`server up` reuses its folder).
+    (tmp_path / "server.log").write_text(
+        "WARNING mlflow.store.db.utils: SQLAlchemy engine could not be created. ...\n"
+        "(psycopg2.OperationalError) connection refused\n" * 8
+    )
+    with TrackingServer(tmp_path) as server:
+        assert check_health(server.url)
+
+
 def test_unreachable_uri_is_server_unreachable() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ServerUnreachable, match=rf"{url} did not answer /health"):

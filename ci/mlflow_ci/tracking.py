@@ -150,6 +150,7 @@ class TrackingServer:
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
     _proc: subprocess.Popen[str] | None = field(default=None, init=False, repr=False)
     _log: Path | None = field(default=None, init=False, repr=False)
+    _log_start: int = field(default=0, init=False, repr=False)  # where this start's lines begin
     # Seconds between SIGTERM and SIGKILL when stopped.
     stop_grace: ClassVar[float] = 5.0
 
@@ -168,8 +169,13 @@ class TrackingServer:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def backend_uri(self) -> str:
+        """The backend store the server uses (SQLite in its folder when none is given)."""
+        return self.backend_store_uri or f"sqlite:///{self.workdir / 'mlflow.db'}"
+
     def command(self) -> list[str]:
-        backend = self.backend_store_uri or f"sqlite:///{self.workdir / 'mlflow.db'}"
+        backend = self.backend_uri
         artifacts = self.artifacts_destination or str(self.workdir / "artifacts")
         return [
             sys.executable,
@@ -195,6 +201,8 @@ class TrackingServer:
         if self.port is None:
             self.port = free_port(self.host)
         env = proc.base_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env})
+        # The log is appended to: an earlier start's lines are not this one's.
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("a", encoding="utf-8")
         try:
             self._proc = subprocess.Popen(
@@ -241,7 +249,12 @@ class TrackingServer:
         """MLflow is still retrying a database it could not connect to (its log says so each
         time): after :data:`DB_ATTEMPTS_BEFORE_GIVING_UP` attempts, stop with the database's error
         instead of waiting out MLflow's retries or the startup timeout."""
-        text = self._read_log()
+        try:
+            with self.log_path.open("rb") as fh:
+                fh.seek(self._log_start)
+                text = fh.read().decode("utf-8", errors="replace")
+        except OSError:
+            return
         attempts = text.count(_DB_RETRY_SIGNATURE)
         if attempts < DB_ATTEMPTS_BEFORE_GIVING_UP:
             return
@@ -249,7 +262,7 @@ class TrackingServer:
         from .backends import redact
 
         raise InfraError(
-            f"mlflow server cannot reach its database {redact(self.backend_store_uri or '')}: "
+            f"mlflow server cannot reach its database {redact(self.backend_uri)}: "
             f"{attempts} attempts failed, the last with: {' '.join(line.strip() for line in last)}",
             hint="Check that the database is running and reachable from this host, and the user, password "
             "and database name in the backend store URI.",
