@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from . import proc
+from .backends import redact
 from .errors import ConfigError, InfraError, ServerUnreachable
 from .fsutil import atomic_write_json
 
@@ -149,7 +150,6 @@ class TrackingServer:
     env: Mapping[str, str] = field(default_factory=dict)
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
     _proc: subprocess.Popen[str] | None = field(default=None, init=False, repr=False)
-    _log: Path | None = field(default=None, init=False, repr=False)
     _log_start: int = field(default=0, init=False, repr=False)  # where this start's lines begin
     # Seconds between SIGTERM and SIGKILL when stopped.
     stop_grace: ClassVar[float] = 5.0
@@ -258,12 +258,15 @@ class TrackingServer:
         attempts = text.count(_DB_RETRY_SIGNATURE)
         if attempts < DB_ATTEMPTS_BEFORE_GIVING_UP:
             return
-        last = text[text.rindex(_DB_RETRY_SIGNATURE) :].splitlines()[1:4]
-        from .backends import redact
-
+        error = []  # the exception's lines, up to MLflow's "Operation will be retried"
+        for line in text[text.rindex(_DB_RETRY_SIGNATURE) :].splitlines()[1:]:
+            if line.startswith("Operation will be retried"):
+                break
+            if not line.startswith("(Background on this error"):
+                error.append(line.strip())
         raise InfraError(
             f"mlflow server cannot reach its database {redact(self.backend_uri)}: "
-            f"{attempts} attempts failed, the last with: {' '.join(line.strip() for line in last)}",
+            f"{attempts} attempts failed, the last with: {' '.join(error)}",
             hint="Check that the database is running and reachable from this host, and the user, password "
             "and database name in the backend store URI.",
         )
