@@ -93,3 +93,45 @@ def test_the_backup_reads_mlflows_version_without_importing_it() -> None:
     import mlflow
 
     assert out == [mlflow.__version__, "False"]
+
+
+def _objects(sizes: dict[str, int]) -> dict:
+    return {"artifacts": {"objects": [{"key": k, "size": n, "sha256": "0" * 64} for k, n in sizes.items()]}}
+
+
+def test_a_local_target_is_checked_by_name_and_size(tmp_path: Path) -> None:
+    want = {"1/a/artifacts/x.txt": 3, "1/a/artifacts/sub/y.bin": 5, "2/b/artifacts/z": 0}
+    root = tmp_path / "dst"
+    for key, size in want.items():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(b"x" * size)
+    target = LocalStore(str(root))
+    ok = restore.verify_artifacts(_objects(want), target)
+    assert ok.verdict == "pass", ok
+    assert ok.found == "3 objects, 8 bytes"
+    # A file shorter than the manifest says, one missing, and a folder where a file should be.
+    (root / "1/a/artifacts/x.txt").write_bytes(b"xy")
+    (root / "2/b/artifacts/z").unlink()
+    (root / "2/b/artifacts/z").mkdir()
+    (root / "1/a/artifacts/sub/y.bin").unlink()
+    bad = restore.verify_artifacts(_objects(want), target)
+    assert bad.verdict == "fail"
+    assert "missing ['1/a/artifacts/sub/y.bin', '2/b/artifacts/z']" in bad.found
+    assert "size differs ['1/a/artifacts/x.txt']" in bad.found
+
+
+def test_a_listed_target_also_reports_objects_the_manifest_does_not_name(tmp_path: Path) -> None:
+    class Listed:  # an object store's listing, as S3 or Azure give it
+        def __init__(self, found: dict[str, int]) -> None:
+            self.found = found
+
+        def list(self, prefix: str = ""):  # type: ignore[no-untyped-def]
+            from mlflow_ci.artifact_stores import ObjectInfo
+
+            return iter([ObjectInfo(k, n, "") for k, n in self.found.items()])
+
+    want = {"1/a/artifacts/x.txt": 3}
+    assert restore.verify_artifacts(_objects(want), Listed(want)).verdict == "pass"  # type: ignore[arg-type]
+    extra = restore.verify_artifacts(_objects(want), Listed({**want, "1/a/artifacts/stray": 1}))  # type: ignore[arg-type]
+    assert extra.verdict == "fail"
+    assert "unexpected ['1/a/artifacts/stray']" in extra.found

@@ -60,6 +60,7 @@ def main() -> None:
     if not line.strip():
         return  # released without a start: nothing to serve
     stores = json.loads(line)
+    notify = os.dup(1)  # the pipe: "serving" once the socket listens (see _serve)
     os.dup2(2, 1)  # from here on the server logs to the log file, never into the unread pipe
     os.environ.update(
         {
@@ -74,7 +75,7 @@ def main() -> None:
         }
     )
     _open_stores()
-    _serve(mlflow.server.app, host, port)
+    _serve(mlflow.server.app, host, port, notify)
 
 
 def _open_stores() -> None:
@@ -96,11 +97,12 @@ def _open_stores() -> None:
             engine.dispose()
 
 
-def _serve(app: Any, host: str, port: int) -> None:
+def _serve(app: Any, host: str, port: int, notify: int) -> None:
     """``app`` on Werkzeug's threaded server (HTTP/1.1 keep-alive, no log line per request), in
     this process and in a forked copy per further core, all accepting on one socket: a
     read-back's first requests each open the stores and compile their queries, and those run on
-    every core.  SIGTERM ends the copies and reaps them before this process exits."""
+    every core.  SIGTERM ends the copies and reaps them before this process exits.  ``notify``
+    (the parent's pipe) gets ``serving`` once the socket listens."""
     import logging
     import signal
 
@@ -111,6 +113,9 @@ def _serve(app: Any, host: str, port: int) -> None:
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = make_server(host, port, app, threaded=True, request_handler=Handler)  # bound and listening
+    # Connections wait in the listen queue from here: the parent reads back without polling /health.
+    os.write(notify, b"serving\n")
+    os.close(notify)
     copies: list[int] = []
 
     def stop(*_: Any) -> None:

