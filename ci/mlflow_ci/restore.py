@@ -18,6 +18,10 @@ at the next object; a damaged object fails the restore without the read-back's a
 
 Ids, timestamps and version numbers are preserved because the database is restored from a
 dump, not re-created through the API (which renumbers versions and assigns new run ids).
+
+The read-back's HTTP client (:mod:`mlflow_ci.readback`, which imports ``http.client``) is
+imported where it is used: the command starts the read-back server's process first, and what
+this module imports at the top runs before that.
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ from .artifact_stores import ArtifactStore, LocalStore, store_for
 from .backends import Backend, backend_for, redact
 from .backup import BackupRepo, object_key, pack_key, sha256_file
 from .errors import CheckFailed, ConfigError, InfraError
-from .readback import artifact_prefix, verify_artifacts_through_server, verify_through_server
 from .report import Check, Report, check
 
 
@@ -244,6 +247,8 @@ class _DatabaseSide:
                                      found="did not start", detail=str(error))]  # fmt: skip
         try:
             artifacts = parallel.Background(self._artifacts_read_back)  # beside the database's reads
+            from .readback import verify_through_server
+
             server_checks = verify_through_server(self.server.url, self.manifest, artifacts=False)
             server_checks += [c for c in [artifacts.result()] if c is not None]
         finally:
@@ -256,6 +261,8 @@ class _DatabaseSide:
         self.sample_copied.wait()
         if self._abandoned:
             return None
+        from .readback import verify_artifacts_through_server
+
         return verify_artifacts_through_server(self.server.url, self.manifest)
 
 
@@ -263,6 +270,8 @@ def _sample_objects_first(
     manifest: Mapping[str, Any],
 ) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
     """The manifest's objects split into those of the read-back sample's runs and the rest."""
+    from .readback import artifact_prefix
+
     prefixes = tuple(
         prefix + "/"
         for run in (manifest["backend"].get("sample") or {}).get("runs", [])

@@ -16,8 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +52,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def check_health(url: str, timeout: float = 3.0) -> bool:
+    # Imported here: a restore imports this module before it starts its read-back server, and
+    # urllib.request (with http.client, email and ssl) is half of this module's import.
+    import urllib.error
+    import urllib.request
+
     try:
         if not url.startswith(("http://", "https://")):
             return False

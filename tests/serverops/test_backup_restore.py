@@ -182,7 +182,7 @@ def test_read_back_catches_a_history_that_differs(tmp_path: Path) -> None:
     value in the restored database is a failed check naming the run and the metric."""
     import sqlite3
 
-    from mlflow_ci.restore import verify_through_server
+    from mlflow_ci.readback import verify_through_server
     from mlflow_ci.tracking import PreparedServer
 
     db, art, repo_dir = tmp_path / "s.db", tmp_path / "art", tmp_path / "bk"
