@@ -71,13 +71,18 @@ def pack_key(name: str) -> str:
 
 
 def sha256_file(path: str | Path, *, sync: bool = False) -> str:
-    """The file's SHA-256 (``sync``: the file is made durable as well, while it is open)."""
+    """The file's SHA-256 (``sync``: the file is made durable as well, on another thread while it
+    is hashed: a database dump's write-out and its checksum take about as long, 0.07 and 0.1 s
+    for 160 MB here)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            h.update(block)
-        if sync:
-            os.fsync(fh.fileno())
+        flushing = parallel.Background(os.fsync, fh.fileno()) if sync else None
+        try:
+            for block in iter(lambda: fh.read(CHUNK), b""):
+                h.update(block)
+        finally:
+            if flushing is not None:
+                flushing.result()
     return h.hexdigest()
 
 
