@@ -302,9 +302,10 @@ class PreparedServer(TrackingServer):
 
     :meth:`prepare` starts a process that imports MLflow's server, which is most of a server
     start, while the caller is still writing the database and the artifacts; :meth:`start` then
-    hands it the stores and waits for ``/health``.  The process serves MLflow's Flask app
-    (``mlflow.server:app``, the REST API and the artifact proxy) with gunicorn, a worker per
-    core forked after the import, and the environment ``mlflow server --gunicorn-opts`` gives it
+    hands it the stores and waits until the process says ``serving`` on its pipe and answers
+    ``/health``.  The process serves MLflow's Flask app (``mlflow.server:app``, the REST API and
+    the artifact proxy) on Werkzeug's threaded server, a copy per core forked after the import,
+    with the environment ``mlflow server --gunicorn-opts`` gives it
     (:mod:`mlflow_ci._server_worker`).  Loopback only, no auth app: for checks, not for serving
     a team.
     """
