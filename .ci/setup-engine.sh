@@ -240,21 +240,42 @@ write_configs() {
     ((CONFIG_CHANGED)) || log "config: unchanged"
 }
 
-# stop_ours NAME PIDFILE PATTERN: stop a server this script started (pid file + cmdline check).
+# stop_ours NAME PIDFILE PATTERN [WHY]: stop a server this script started (pid file + cmdline check).
 stop_ours() {
-    local name=$1 pidfile=$2 pattern=$3 pid
+    local name=$1 pidfile=$2 pattern=$3 why=${4:-its configuration changed} pid
     [[ -f "$pidfile" ]] || return 0
     pid=$(cat "$pidfile")
     if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' </proc/"$pid"/cmdline | grep -q -- "$pattern"; then
-        log "$name: stopping pid $pid (its configuration changed)"
+        log "$name: stopping pid $pid ($why)"
         kill "$pid"
         wait_for 15 bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid" || true
     fi
     rm -f "$pidfile"
 }
 
+# cwd_gone PIDFILE: the server this script started runs in a folder since deleted (an older
+# script started it from a clone that is gone).  conmon, which podman starts in that folder,
+# then fails every container start ("Failed to get working directory", "write child: broken pipe").
+cwd_gone() {
+    local pidfile=$1 cwd
+    [[ -f "$pidfile" ]] || return 1
+    cwd=$(readlink "/proc/$(cat "$pidfile")/cwd" 2>/dev/null) || return 1
+    [[ "$cwd" == *" (deleted)" ]]
+}
+
+# start_daemon LOG CMD...: CMD detached in its own session, in / (never in the caller's folder,
+# which may be a clone deleted later); its pid in $!.
+start_daemon() {
+    local log=$1
+    shift
+    (cd / && exec setsid "$@" >>"$log" 2>&1 </dev/null 9>&-) &
+}
+
 start_engine() {
     local pidfile=$RUN_DIR/podman.pid
+    if engine_answers && cwd_gone "$pidfile"; then
+        stop_ours "podman service" "$pidfile" "system service" "its working folder was deleted"
+    fi
     if engine_answers && ((CONFIG_CHANGED)); then
         if [[ -f "$pidfile" ]]; then
             stop_ours "podman service" "$pidfile" "system service"
@@ -279,8 +300,7 @@ start_engine() {
         rm -rf "${PODMAN_STATE_DIRS[@]}"
     fi
     log "engine: starting podman system service on unix://$SOCKET (log $LOG_DIR/podman-service.log)"
-    setsid podman system service --time=0 "unix://$SOCKET" \
-        >>"$LOG_DIR/podman-service.log" 2>&1 </dev/null 9>&- &
+    start_daemon "$LOG_DIR/podman-service.log" podman system service --time=0 "unix://$SOCKET"
     echo $! >"$pidfile"
     wait_for 30 engine_answers || {
         tail -n 20 "$LOG_DIR/podman-service.log" >&2 || true
@@ -292,6 +312,9 @@ start_engine() {
 
 start_registry() {
     local pidfile=$RUN_DIR/registry.pid
+    if registry_answers && cwd_gone "$pidfile"; then
+        stop_ours "registry" "$pidfile" "docker-registry serve" "its working folder was deleted"
+    fi
     if registry_answers && ((${REGISTRY_CONFIG_CHANGED:-0})); then
         stop_ours "registry" "$pidfile" "docker-registry serve"
     fi
@@ -301,7 +324,7 @@ start_registry() {
     fi
     mkdir -p "$REGISTRY_DIR" "$LOG_DIR" "$RUN_DIR"
     log "registry: starting docker-registry on $REGISTRY_ADDR (storage $REGISTRY_DIR, log $LOG_DIR/registry.log)"
-    setsid docker-registry serve "$REGISTRY_CONF" >>"$LOG_DIR/registry.log" 2>&1 </dev/null 9>&- &
+    start_daemon "$LOG_DIR/registry.log" docker-registry serve "$REGISTRY_CONF"
     echo $! >"$pidfile"
     wait_for 20 registry_answers || {
         tail -n 20 "$LOG_DIR/registry.log" >&2 || true

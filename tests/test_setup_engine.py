@@ -144,3 +144,34 @@ def test_services_it_starts_do_not_hold_the_setup_lock() -> None:
         except OSError:
             continue
     assert holders == [], f"processes still holding {lock}: {holders}"
+
+
+def test_a_server_whose_working_folder_was_deleted_is_found_and_a_new_one_starts_in_root(
+    tmp_path: Path,
+) -> None:
+    """A server started from a clone that was deleted later keeps that folder as its working
+    directory; podman's conmon inherits it and every container start fails.  cwd_gone finds
+    such a server; start_daemon starts a new one in /, whatever the caller's folder."""
+    gone, kept = tmp_path / "clone", tmp_path / "kept"
+    gone.mkdir()
+    kept.mkdir()
+    sleepers = [subprocess.Popen(["sleep", "60"], cwd=folder) for folder in (gone, kept)]
+    try:
+        for sleeper, name in zip(sleepers, ("gone.pid", "kept.pid"), strict=True):
+            (tmp_path / name).write_text(f"{sleeper.pid}\n")
+        gone.rmdir()
+        found = sh(f'cwd_gone {tmp_path / "gone.pid"} && echo gone; cwd_gone {tmp_path / "kept.pid"} || echo kept; '
+                   f'cwd_gone {tmp_path / "absent.pid"} || echo absent')  # fmt: skip
+        assert found.split() == ["gone", "kept", "absent"]
+        started = sh(
+            f"cd {kept} && start_daemon {tmp_path / 'd.log'} sleep 60 && pid=$!; sleep 0.3; "
+            f'readlink /proc/$pid/cwd; echo "$pid" > {tmp_path / "d.pid"}'
+        )
+        assert started.strip() == "/"
+        daemon = int((tmp_path / "d.pid").read_text())
+        assert os.getsid(daemon) == daemon  # its own session, as setsid gives it
+        os.kill(daemon, 15)
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
