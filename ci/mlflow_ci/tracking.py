@@ -199,7 +199,9 @@ class TrackingServer:
             *self.extra_args,
         ]
 
-    def start(self) -> TrackingServer:
+    def _spawn(self, *, pipes: bool = False) -> None:
+        """Start :meth:`command` in its own session, its output appended to the log (``pipes``:
+        its stdin and stdout are pipes to this process, only stderr goes to the log)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.port is None:
             self.port = free_port(self.host)
@@ -208,17 +210,17 @@ class TrackingServer:
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("a", encoding="utf-8")
         try:
-            self._proc = subprocess.Popen(
-                self.command(),
-                cwd=self.workdir,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            if pipes:
+                streams: dict[str, Any] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": log}
+            else:
+                streams = {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT}
+            self._proc = subprocess.Popen(self.command(), cwd=self.workdir, env=env, text=True,
+                                          start_new_session=True, **streams)  # fmt: skip
         finally:
             log.close()
+
+    def start(self) -> TrackingServer:
+        self._spawn()
         try:
             self._wait_healthy()
         except BaseException:
@@ -319,17 +321,7 @@ class PreparedServer(TrackingServer):
         return [sys.executable, "-m", "mlflow_ci._server_worker", self.host, str(self.port)]
 
     def prepare(self) -> PreparedServer:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.port is None:
-            self.port = free_port(self.host)
-        env = proc.base_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env})
-        log = self.log_path.open("a", encoding="utf-8")
-        try:
-            self._proc = subprocess.Popen(self.command(), cwd=self.workdir, env=env, stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=log, text=True,
-                                          start_new_session=True)  # fmt: skip
-        finally:
-            log.close()
+        self._spawn(pipes=True)
         return self
 
     def start(self) -> PreparedServer:
