@@ -2,7 +2,7 @@
 
 nox -s demo     the main job on the embedded default server (no services needed)
 nox -s tests    the test suite
-nox -s lint     ruff, format check, workflow linters (actionlint, zizmor, JSON schema)
+nox -s lint     ruff, format check, import contracts (import-linter), workflow linters
 nox -s smoke    mlflow-ci smoke on the example project (args after -- go to the CLI)
 nox -s bench    benchmarks, each compared with a baseline in the same run
 """
@@ -64,10 +64,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff (lint + format check) and the workflow linters."""
+    """ruff (lint + format check), the import contracts and the workflow linters."""
     _install(session, "lint")
     session.run("ruff", "check", "ci", "tests", "bench", "noxfile.py", "example_project")
     session.run("ruff", "format", "--check", "ci", "tests", "bench", "noxfile.py", "example_project")
+    # The architecture: the direction of imports between the packages, and no cycles.
+    session.run("lint-imports", "--no-cache")
     session.run("python", "-m", "mlflow_ci.workflow_lint", env=_env())
 
 

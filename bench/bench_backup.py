@@ -50,8 +50,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from mlflow_ci.backup import BackupRepo
-from mlflow_ci.tracking import TrackingServer, client_settings
+from mlflow_ci.mlflowio.tracking import TrackingServer, client_settings
+from mlflow_ci.serverops.backup import BackupRepo
 
 ROOT = Path(__file__).resolve().parent.parent
 N_RUNS = int(os.environ.get("BENCH_BACKUP_RUNS", "10000"))

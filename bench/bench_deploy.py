@@ -1,7 +1,7 @@
 """Serving: the load test's latency percentiles, the check's own client-side overhead, and the image
 build cold against cached — each against a baseline measured in the same run.
 
-1. Load test (``mlflow_ci.loadtest.run_load``, N requests at concurrency C) against a small sklearn
+1. Load test (``mlflow_ci.serving.loadtest.run_load``, N requests at concurrency C) against a small sklearn
    model served by ``mlflow models serve`` (the ``local`` target), and the same generator against a
    trivial loopback HTTP server that answers at once: the baseline is the client's own cost, so
    ``model p50 / baseline p50`` says how much of a measured latency is the model server's.
@@ -28,11 +28,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from mlflow_ci.deploy_targets import DockerContainer, LocalServe
-from mlflow_ci.loadtest import LoadResult, run_load
-from mlflow_ci.modelref import describe, resolve
-from mlflow_ci.policy import Deploy, DockerTarget
-from mlflow_ci.servecheck import example_payload, wait_ready
+from mlflow_ci.config.policy import Deploy, DockerTarget
+from mlflow_ci.mlflowio.modelref import describe, resolve
+from mlflow_ci.serving.loadtest import LoadResult, run_load
+from mlflow_ci.serving.servecheck import example_payload, wait_ready
+from mlflow_ci.serving.targets import DockerContainer, LocalServe
 
 REQUESTS = int(os.environ.get("BENCH_DEPLOY_REQUESTS", "300"))
 CONCURRENCY = int(os.environ.get("BENCH_DEPLOY_CONCURRENCY", "4"))
@@ -149,8 +149,8 @@ def bench_load(model_path: Path, work: Path) -> dict[str, Any]:
 
 
 def bench_build(model_path: Path, work: Path) -> dict[str, Any]:
-    from mlflow_ci.engine import EngineUnavailable, engine_client
-    from mlflow_ci.images import build, cache_tag, generate_context, remove_tags
+    from mlflow_ci.serving.engine import EngineUnavailable, engine_client
+    from mlflow_ci.serving.images import build, cache_tag, generate_context, remove_tags
 
     try:
         client = engine_client(timeout=1800)

@@ -43,7 +43,7 @@ def seed_versions(db_uri: str, n: int) -> None:
 def log_candidate(url: str) -> str:
     import mlflow
     from mlflow.models import infer_signature
-    from mlflow_ci.tracking import client_settings
+    from mlflow_ci.mlflowio.tracking import client_settings
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
@@ -64,11 +64,11 @@ def log_candidate(url: str) -> str:
 
 
 def one_size(n: int, root: Path) -> list[float]:
-    from mlflow_ci import output
-    from mlflow_ci.gates import gate_command
-    from mlflow_ci.promotion import promote
-    from mlflow_ci.register import register_command
-    from mlflow_ci.tracking import TrackingServer
+    from mlflow_ci.core import output
+    from mlflow_ci.mlflowio.tracking import TrackingServer
+    from mlflow_ci.release.gates import gate_command
+    from mlflow_ci.release.promotion import promote
+    from mlflow_ci.release.register import register_command
 
     work = root / f"n{n}"
     work.mkdir()

@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlflow_ci.policy import load_policy
-from mlflow_ci.tracking import TrackingServer
+from mlflow_ci.config.policy import load_policy
+from mlflow_ci.mlflowio.tracking import TrackingServer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example_project"

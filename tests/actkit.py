@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import ROOT, require
-from mlflow_ci.workflow_lint import load_workflow, workflow_files
+from mlflow_ci.workflows.lint import load_workflow, workflow_files
 
 STAND_INS = ROOT / "tests" / "act" / "actions"
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mlflow_ci.tracking import TrackingServer
+from mlflow_ci.mlflowio.tracking import TrackingServer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "example_project"

@@ -7,8 +7,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from conftest import port_open
-from mlflow_ci.promotion import promote
-from mlflow_ci.register import register_command
+from mlflow_ci.release.promotion import promote
+from mlflow_ci.release.register import register_command
 from registryflow import ENV, call
 
 POLICY = """\
@@ -67,7 +67,7 @@ def log_raising_run(tracking_uri: str, folder: Path) -> str:
     """A pyfunc model (models from code) with signature and input example whose predict raises."""
     import mlflow
     from mlflow.models import infer_signature
-    from mlflow_ci.tracking import client_settings
+    from mlflow_ci.mlflowio.tracking import client_settings
     from modelfactory import iris_split
 
     folder.mkdir(parents=True, exist_ok=True)

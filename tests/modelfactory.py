@@ -52,7 +52,7 @@ def log_run(
     """Train, evaluate and log one run with a model named ``model``; return the run id."""
     import mlflow
     from mlflow.models import infer_signature
-    from mlflow_ci.tracking import client_settings
+    from mlflow_ci.mlflowio.tracking import client_settings
     from sklearn.metrics import accuracy_score, f1_score
 
     X_train, X_test, y_train, y_test = iris_split()

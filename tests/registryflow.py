@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mlflow_ci.errors import MlflowCiError
-from mlflow_ci.gates import gate_command
-from mlflow_ci.promotion import promote
-from mlflow_ci.register import register_command
-from mlflow_ci.rollback import rollback
+from mlflow_ci.core.errors import MlflowCiError
+from mlflow_ci.release.gates import gate_command
+from mlflow_ci.release.promotion import promote
+from mlflow_ci.release.register import register_command
+from mlflow_ci.release.rollback import rollback
 from modelfactory import log_run
 
 POLICY = """\

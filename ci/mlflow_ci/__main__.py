@@ -1,3 +1,3 @@
-from .cli import main
+from mlflow_ci.cli import main
 
 raise SystemExit(main())

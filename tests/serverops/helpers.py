@@ -14,7 +14,7 @@ def populate(tracking_uri: str, *, runs: int = 6, experiment: str = "exp_backup"
     versions (one from a run, one from a logged model) and an alias; a deleted run."""
     import mlflow
     from mlflow import MlflowClient
-    from mlflow_ci.tracking import client_settings
+    from mlflow_ci.mlflowio.tracking import client_settings
 
     with client_settings(tracking_uri):
         client = MlflowClient(tracking_uri)
@@ -62,7 +62,7 @@ def populate(tracking_uri: str, *, runs: int = 6, experiment: str = "exp_backup"
 def corrupt_stored(repo_dir: Path, obj: dict[str, Any]) -> Path:
     """Flip the first byte of a backup object's stored content (in its pack, or its loose file);
     the file changed."""
-    from mlflow_ci.backup import object_key, pack_key
+    from mlflow_ci.serverops.backup import object_key, pack_key
 
     path = repo_dir / (pack_key(obj["pack"]) if "pack" in obj else object_key(obj["sha256"]))
     offset = obj.get("offset", 0)

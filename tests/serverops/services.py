@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow_ci import proc
-from mlflow_ci.tracking import free_port
+from mlflow_ci.core import proc
+from mlflow_ci.mlflowio.tracking import free_port
 
 S3_KEY, S3_SECRET = "mlflowci", "mlflowci-secret"
 # Azurite's well-known development account (public, documented by Microsoft; not a secret).

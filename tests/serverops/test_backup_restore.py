@@ -15,8 +15,8 @@ import pytest
 from conftest import run_cli
 from fixtures import *  # noqa: F403
 from helpers import corrupt_stored, populate
-from mlflow_ci.backup import BackupRepo, object_key, take_backup
-from mlflow_ci.tracking import TrackingServer, client_settings
+from mlflow_ci.mlflowio.tracking import TrackingServer, client_settings
+from mlflow_ci.serverops.backup import BackupRepo, object_key, take_backup
 
 pytestmark = pytest.mark.service
 
@@ -182,8 +182,8 @@ def test_read_back_catches_a_history_that_differs(tmp_path: Path) -> None:
     value in the restored database is a failed check naming the run and the metric."""
     import sqlite3
 
-    from mlflow_ci.readback import verify_through_server
-    from mlflow_ci.tracking import PreparedServer
+    from mlflow_ci.mlflowio.tracking import PreparedServer
+    from mlflow_ci.serverops.readback import verify_through_server
 
     db, art, repo_dir = tmp_path / "s.db", tmp_path / "art", tmp_path / "bk"
     with TrackingServer(tmp_path / "src", backend_store_uri=_sqlite(db), artifacts_destination=str(art)) as s:
@@ -194,7 +194,7 @@ def test_read_back_catches_a_history_that_differs(tmp_path: Path) -> None:
     # restoring process never imports MLflow (only the server's process does).
     script = (
         "import json, sys\n"
-        "from mlflow_ci.restore import restore_backup\n"
+        "from mlflow_ci.serverops.restore import restore_backup\n"
         f"r = restore_backup(source={str(repo_dir)!r}, backend_store_uri={_sqlite(target)!r}, "
         f"artifacts_uri={str(target_art)!r})\n"
         "print(json.dumps({'verdict': r.verdict, 'checks': {c.name: c.found for c in r.checks},\n"
@@ -311,7 +311,7 @@ def test_backup_while_logging_restores_consistently(
         finally:
             logger.terminate()
             logger.wait(10)
-    from mlflow_ci.restore import restore_backup
+    from mlflow_ci.serverops.restore import restore_backup
 
     report = restore_backup(
         source=str(repo), backend_store_uri=dst_uri, artifacts_uri=str(tmp_path / "d-art")
@@ -543,9 +543,9 @@ def test_a_read_back_server_that_does_not_start_fails_the_restore_after_the_copy
 ) -> None:
     """The server starts on a thread beside the artifact copy: when it cannot start, the copy
     still completes and is checked, and the report fails on the server check (no traceback)."""
-    from mlflow_ci.errors import InfraError
-    from mlflow_ci.restore import restore_backup
-    from mlflow_ci.tracking import PreparedServer
+    from mlflow_ci.core.errors import InfraError
+    from mlflow_ci.mlflowio.tracking import PreparedServer
+    from mlflow_ci.serverops.restore import restore_backup
 
     db, art = tmp_path / "s.db", tmp_path / "art"
     with TrackingServer(tmp_path / "src", backend_store_uri=_sqlite(db), artifacts_destination=str(art)) as s:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import run_cli
-from mlflow_ci.backup import BackupRepo
-from mlflow_ci.policy import Server
-from mlflow_ci.server_doctor import doctor, head_revision
-from mlflow_ci.server_profile import allowed_hosts
-from mlflow_ci.tracking import TrackingServer, free_port
+from mlflow_ci.config.policy import Server
+from mlflow_ci.mlflowio.tracking import TrackingServer, free_port
+from mlflow_ci.serverops.backup import BackupRepo
+from mlflow_ci.serverops.doctor import doctor, head_revision
+from mlflow_ci.serverops.profile import allowed_hosts
 
 pytestmark = pytest.mark.service
 

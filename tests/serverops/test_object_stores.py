@@ -10,9 +10,9 @@ import pytest
 from conftest import run_cli
 from fixtures import *  # noqa: F403
 from helpers import populate
-from mlflow_ci.artifact_stores import store_for
-from mlflow_ci.backup import BackupRepo
-from mlflow_ci.tracking import TrackingServer
+from mlflow_ci.mlflowio.tracking import TrackingServer
+from mlflow_ci.serverops.artifact_stores import store_for
+from mlflow_ci.serverops.backup import BackupRepo
 from services import AzureService, S3Service
 
 pytestmark = pytest.mark.service

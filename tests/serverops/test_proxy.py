@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import require
-from mlflow_ci.policy import Server
-from mlflow_ci.server_config import apr1_hash, htpasswd_line, render_all, render_nginx
-from mlflow_ci.server_profile import allowed_hosts
-from mlflow_ci.tracking import TrackingServer, free_port
+from mlflow_ci.config.policy import Server
+from mlflow_ci.mlflowio.tracking import TrackingServer, free_port
+from mlflow_ci.serverops.config_files import apr1_hash, htpasswd_line, render_all, render_nginx
+from mlflow_ci.serverops.profile import allowed_hosts
 from services import nginx, self_signed
 
 pytestmark = pytest.mark.service
@@ -79,7 +79,7 @@ def test_nginx_auth_host_header_and_large_upload(tmp_path: Path, monkeypatch: py
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-pass")
         monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", cert[0])
         from mlflow import MlflowClient
-        from mlflow_ci.tracking import client_settings
+        from mlflow_ci.mlflowio.tracking import client_settings
 
         big = tmp_path / "model.bin"
         big.write_bytes(os.urandom(30 * 1024 * 1024))
@@ -99,7 +99,7 @@ def test_nginx_auth_host_header_and_large_upload(tmp_path: Path, monkeypatch: py
 
 def test_committed_deployment_examples_match_the_generator() -> None:
     from conftest import ROOT
-    from mlflow_ci.server_profile import load_ops
+    from mlflow_ci.serverops.profile import load_ops
 
     folder = ROOT / "docs" / "deploy"
     ops = load_ops(folder / "mlflow-ci.yaml", env={})

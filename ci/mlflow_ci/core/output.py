@@ -1,0 +1,130 @@
+"""Output fit for CI and for people: groups, annotations, step summaries, progress.
+
+Everything human goes to stderr so that ``--json`` output on stdout stays machine-readable.
+Inside GitHub Actions (``GITHUB_ACTIONS=true``) steps become ``::group::`` blocks and failures
+become ``::error::`` annotations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow_ci.core.report import Report
+
+
+def _in_actions() -> bool:
+    return os.environ.get("GITHUB_ACTIONS") == "true"
+
+
+def info(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def warning(message: str) -> None:
+    if _in_actions():
+        print(f"::warning::{_escape(message)}", file=sys.stderr, flush=True)
+    else:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def error(message: str, *, title: str = "mlflow-ci") -> None:
+    if _in_actions():
+        print(f"::error title={_escape(title)}::{_escape(message)}", file=sys.stderr, flush=True)
+    else:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def _escape(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+@contextlib.contextmanager
+def step(title: str) -> Iterator[None]:
+    """A named step: a collapsible group in Actions, a timed heading elsewhere."""
+    start = time.monotonic()
+    if _in_actions():
+        print(f"::group::{title}", file=sys.stderr, flush=True)
+    else:
+        info(f"==> {title}")
+    try:
+        yield
+    finally:
+        elapsed = time.monotonic() - start
+        if _in_actions():
+            print("::endgroup::", file=sys.stderr, flush=True)
+        info(f"    {title}: {elapsed:.1f}s")
+
+
+def write_step_summary(markdown: str, *, env: dict[str, str] | None = None) -> Path | None:
+    """Append ``markdown`` to ``$GITHUB_STEP_SUMMARY`` when it is set; return the path."""
+    target = (env if env is not None else os.environ).get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return None
+    path = Path(target)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(markdown.rstrip("\n") + "\n\n")
+    return path
+
+
+def set_output(name: str, value: str, *, env: dict[str, str] | None = None) -> None:
+    """Set a step output through ``$GITHUB_OUTPUT`` when it is set."""
+    target = (env if env is not None else os.environ).get("GITHUB_OUTPUT")
+    if not target:
+        return
+    with open(target, "a", encoding="utf-8") as fh:
+        fh.write(f"{name}={value}\n")
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to file descriptor 1 (children included) to stderr for a while,
+    so that ``--json`` output on stdout stays clean while third-party code prints."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def emit_json(data: Any) -> None:
+    """The one way machine output reaches stdout: indented JSON, anything else as its string."""
+    import click
+
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def finish(report: Report, *, report_dir: Path, as_json: bool, html_extra: str | None = None) -> int:
+    """Write a report everywhere it belongs (files, job summary, step outputs, stdout) and return
+    its exit code: the one way every command ends with a report."""
+    import click
+
+    from mlflow_ci.core.errors import CheckFailed
+
+    paths = report.write(report_dir, html_extra=html_extra)
+    write_step_summary(report.to_markdown())
+    set_output("verdict", report.verdict)
+    if report.run_id:
+        set_output("run_id", report.run_id)
+    set_output("report_dir", str(report_dir))
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        click.echo(report.to_markdown())
+        info(f"report: {paths['markdown']} (also .json, .html)")
+    if report.verdict == "fail":
+        names = ", ".join(c.name for c in report.failures) or "no checks ran"
+        error(f"{report.kind} failed: {names}")
+        return CheckFailed.exit_code
+    return 0

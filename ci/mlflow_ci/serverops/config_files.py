@@ -1,0 +1,407 @@
+"""``mlflow-ci server config``: deployment files generated from the ``server:`` profile.
+
+* ``nginx.conf``: TLS (certificate paths are placeholders), HTTP→HTTPS redirect, basic auth in
+  nginx (htpasswd) *or* the ``Authorization`` header passed through to MLflow's basic-auth app,
+  ``client_max_body_size`` and timeouts sized for large models, request streaming (no 4 GB temp
+  files), the Host header forwarded so MLflow's ``--allowed-hosts`` check passes, and an
+  unauthenticated ``/health`` for load balancers.
+* ``mlflow.service``: a hardened systemd unit (own user, read-only system, private /tmp, no new
+  privileges, only the state folders writable).  ``mlflow db upgrade`` is *not* in it: schema
+  upgrades are an explicit, backed-up step (``mlflow-ci server upgrade``).
+* ``compose.yaml``: MLflow + PostgreSQL + SeaweedFS (S3) + nginx, for a single host.
+* ``mlflow.env.example``: the environment the unit and compose file read; secrets stay out of
+  the generated files.
+
+Rendering is pure (a profile in, text out) so the committed examples in ``docs/deploy/`` are
+checked against the generator by a test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import shlex
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mlflow_ci.config.policy import Server
+from mlflow_ci.core import output
+from mlflow_ci.core.fsutil import atomic_write_text
+from mlflow_ci.serverops.profile import allowed_hosts, server_args
+
+MLFLOW_VERSION = "3.17.2"
+_ITOA64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def apr1_hash(password: str, salt: str | None = None) -> str:
+    """An Apache ``$apr1$`` (MD5-crypt) htpasswd hash, as ``htpasswd -m`` / ``openssl passwd -apr1`` make.
+
+    nginx reads it on every platform.  (For bcrypt use ``htpasswd -B``: nginx then relies on the
+    system's crypt(), which glibc's libxcrypt supports.)
+    """
+    salt = (salt or "".join(secrets.choice(_ITOA64) for _ in range(8)))[:8]
+    pw, s, magic = password.encode(), salt.encode(), b"$apr1$"
+
+    def md5(data: bytes) -> bytes:
+        return hashlib.md5(data, usedforsecurity=False).digest()
+
+    final = md5(pw + s + pw)
+    ctx = pw + magic + s
+    for left in range(len(pw), 0, -16):
+        ctx += final[: min(16, left)]
+    i = len(pw)
+    while i:
+        ctx += b"\x00" if i & 1 else pw[:1]
+        i >>= 1
+    final = md5(ctx)
+    for i in range(1000):
+        step = pw if i & 1 else final
+        if i % 3:
+            step += s
+        if i % 7:
+            step += pw
+        step += final if i & 1 else pw
+        final = md5(step)
+
+    def to64(value: int, n: int) -> str:
+        out = ""
+        for _ in range(n):
+            out += _ITOA64[value & 0x3F]
+            value >>= 6
+        return out
+
+    f = final
+    encoded = "".join(
+        to64((f[a] << 16) | (f[b] << 8) | f[c], 4)
+        for a, b, c in ((0, 6, 12), (1, 7, 13), (2, 8, 14), (3, 9, 15), (4, 10, 5))
+    ) + to64(f[11], 2)
+    return f"$apr1${salt}${encoded}"
+
+
+def htpasswd_line(user: str, password: str, salt: str | None = None) -> str:
+    return f"{user}:{apr1_hash(password, salt)}\n"
+
+
+def _public_host(server: Server) -> str:
+    if server.public_url:
+        return urlparse(server.public_url).hostname or "mlflow.example.com"
+    return "mlflow.example.com"
+
+
+def render_nginx(
+    server: Server,
+    *,
+    tls: bool = True,
+    listen: str | None = None,
+    htpasswd_path: str = "/etc/nginx/mlflow.htpasswd",
+    upstream: str | None = None,
+    standalone_prefix: Path | None = None,
+    user: str | None = None,
+    certificate: tuple[str, str] | None = None,
+) -> str:
+    """The nginx configuration for a profile.
+
+    By default a site file for ``/etc/nginx/conf.d/``.  ``standalone_prefix`` renders a complete
+    ``nginx.conf`` whose pid, logs and temp folders live under that prefix (used by tests and the
+    restore drill to run a real nginx without touching the system's).
+    """
+    host = _public_host(server)
+    upstream = upstream or f"{server.host}:{server.port}"
+    body = f"{server.max_body_size_mb}m"
+    timeout = f"{server.proxy_timeout_s}s"
+    if server.proxy_auth == "nginx-basic":
+        auth = f'        auth_basic "MLflow";\n        auth_basic_user_file {htpasswd_path};\n'
+    elif server.proxy_auth == "mlflow":
+        auth = "        # MLflow's basic-auth app checks credentials: pass the header through untouched.\n" \
+               "        proxy_set_header Authorization $http_authorization;\n"  # fmt: skip
+    else:
+        auth = "        # No authentication: only acceptable on a private network.\n"
+    listen_line = listen or ("443 ssl" if tls else "80")
+    tls_block = ""
+    redirect = ""
+    if tls:
+        cert, key = certificate or (
+            "/etc/nginx/tls/CHANGE-ME-fullchain.pem",
+            "/etc/nginx/tls/CHANGE-ME-privkey.pem",
+        )
+        tls_block = (
+            "    # TLS: replace the placeholders with your certificate (e.g. from certbot or your CA).\n"
+            f"    ssl_certificate     {cert};\n"
+            f"    ssl_certificate_key {key};\n"
+            "    ssl_protocols TLSv1.2 TLSv1.3;\n"
+            "    ssl_session_cache shared:mlflow_tls:10m;\n"
+            '    add_header Strict-Transport-Security "max-age=31536000" always;\n'
+        )
+    if tls and listen is None:
+        redirect = (
+            "server {\n"
+            "    listen 80;\n"
+            f"    server_name {host};\n"
+            "    return 301 https://$host$request_uri;\n"
+            "}\n\n"
+        )
+    site = f"""{redirect}upstream mlflow {{
+    server {upstream};
+    keepalive 16;
+}}
+
+server {{
+    listen {listen_line};
+    server_name {host};
+{tls_block}
+    # Model artifacts are large: accept them, stream them (no temp files), wait for them.
+    client_max_body_size {body};
+    proxy_request_buffering off;
+    proxy_buffering off;
+    proxy_connect_timeout 10s;
+    proxy_send_timeout {timeout};
+    proxy_read_timeout {timeout};
+    send_timeout {timeout};
+
+    # MLflow checks the Host header against --allowed-hosts ({", ".join(allowed_hosts(server)[:2])}, ...).
+    proxy_set_header Host $host;
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_set_header X-Forwarded-Host $host;
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+
+    location = /health {{
+        # For load balancers and `mlflow-ci server doctor`: no credentials needed.
+        proxy_pass http://mlflow;
+    }}
+
+    location / {{
+{auth}        proxy_pass http://mlflow;
+    }}
+}}
+"""
+    if standalone_prefix is None:
+        return (
+            "# Generated by `mlflow-ci server config` from the server: profile. Site file for /etc/nginx/conf.d/.\n"
+            + site
+        )
+    p = standalone_prefix
+    indented = "\n".join(("    " + line) if line else "" for line in site.splitlines())
+    user_line = f"user {user};\n" if user else ""
+    return f"""# Generated by mlflow-ci: a self-contained nginx.conf (prefix {p}).
+{user_line}worker_processes 1;
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{
+    worker_connections 256;
+}}
+http {{
+    access_log {p}/access.log;
+    client_body_temp_path {p}/client_body;
+    proxy_temp_path {p}/proxy;
+    fastcgi_temp_path {p}/fastcgi;
+    uwsgi_temp_path {p}/uwsgi;
+    scgi_temp_path {p}/scgi;
+{indented}
+}}
+"""
+
+
+def render_systemd(server: Server, *, mlflow_bin: str = "/opt/mlflow/venv/bin/mlflow") -> str:
+    writable = []
+    if server.backend_store_uri.startswith("sqlite:"):
+        db_path = server.backend_store_uri.split("///", 1)[-1]
+        writable.append(str(Path(db_path).parent) if db_path.startswith("/") else "/var/lib/mlflow")
+    if "://" not in server.artifacts_destination:
+        art = server.artifacts_destination
+        writable.append(art if art.startswith("/") else "/var/lib/mlflow")
+    writable = sorted(set(writable)) or ["/var/lib/mlflow"]
+    lines: list[str] = []
+    for arg in server_args(server):
+        if arg.startswith("--") or not lines:
+            lines.append(arg)
+        else:
+            lines[-1] += " " + shlex.quote(arg)
+    args = " \\\n    ".join(lines)
+    return f"""# Generated by `mlflow-ci server config` from the server: profile.
+# Install: /etc/systemd/system/mlflow.service; secrets in /etc/mlflow/mlflow.env (mode 0600).
+# Schema upgrades are NOT run here: use `mlflow-ci server upgrade` (it backs up first).
+[Unit]
+Description=MLflow tracking server ({MLFLOW_VERSION})
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+User=mlflow
+Group=mlflow
+WorkingDirectory=/var/lib/mlflow
+EnvironmentFile=/etc/mlflow/mlflow.env
+Environment=MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
+Environment=MLFLOW_DISABLE_TELEMETRY=true
+ExecStart={mlflow_bin} server \\
+    {args}
+Restart=on-failure
+RestartSec=5
+TimeoutStopSec=30
+
+# Hardening: the server needs its state folders and the network, nothing else.
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths={" ".join(writable)}
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictSUIDSGID=yes
+RestrictNamespaces=yes
+RestrictRealtime=yes
+LockPersonality=yes
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+CapabilityBoundingSet=
+AmbientCapabilities=
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+UMask=0027
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def render_compose(server: Server) -> str:
+    host = _public_host(server)
+    hosts = ",".join([*allowed_hosts(server), "mlflow", "mlflow:5000"])
+    app = f"\n      --app-name {server.app_name}" if server.app_name else ""
+    return f"""# Generated by `mlflow-ci server config` from the server: profile.
+# One host: MLflow {MLFLOW_VERSION} + PostgreSQL 15 + SeaweedFS (S3) + nginx (TLS, auth, large bodies).
+# Secrets come from .env (see mlflow.env.example) and seaweedfs-s3.json (see its .example); certificates
+# from ./tls; users from ./mlflow.htpasswd (`htpasswd -B -c mlflow.htpasswd USER`).
+# Schema upgrades are explicit: `docker compose run --rm mlflow mlflow db upgrade "$$BACKEND"` after a backup.
+name: mlflow
+
+services:
+  postgres:
+    image: postgres:15
+    restart: unless-stopped
+    environment:
+      POSTGRES_USER: mlflow
+      POSTGRES_PASSWORD: ${{POSTGRES_PASSWORD:?set POSTGRES_PASSWORD in .env}}
+      POSTGRES_DB: mlflow
+    volumes: [pgdata:/var/lib/postgresql/data]
+    healthcheck:
+      test: ["CMD-SHELL", "pg_isready -U mlflow -d mlflow"]
+      interval: 10s
+      retries: 5
+
+  s3:
+    image: chrislusf/seaweedfs:latest
+    restart: unless-stopped
+    command: server -dir=/data -s3 -s3.config=/etc/seaweedfs/s3.json -ip.bind=0.0.0.0
+    volumes:
+      - s3data:/data
+      - ./seaweedfs-s3.json:/etc/seaweedfs/s3.json:ro
+
+  mlflow:
+    build:
+      context: .
+      dockerfile_inline: |
+        FROM python:3.11-slim
+        RUN pip install --no-cache-dir mlflow=={MLFLOW_VERSION} psycopg2-binary boto3 Flask-WTF
+        USER 1000:1000
+    restart: unless-stopped
+    depends_on:
+      postgres: {{condition: service_healthy}}
+      s3: {{condition: service_started}}
+    environment:
+      MLFLOW_SERVER_ENABLE_JOB_EXECUTION: "false"
+      MLFLOW_DISABLE_TELEMETRY: "true"
+      MLFLOW_S3_ENDPOINT_URL: http://s3:8333
+      AWS_ACCESS_KEY_ID: ${{AWS_ACCESS_KEY_ID:?set in .env}}
+      AWS_SECRET_ACCESS_KEY: ${{AWS_SECRET_ACCESS_KEY:?set in .env}}
+      BACKEND: postgresql+psycopg2://mlflow:${{POSTGRES_PASSWORD}}@postgres:5432/mlflow
+    command: >
+      mlflow server
+      --backend-store-uri postgresql+psycopg2://mlflow:${{POSTGRES_PASSWORD}}@postgres:5432/mlflow
+      --artifacts-destination s3://mlflow-artifacts
+      --serve-artifacts
+      --host 0.0.0.0 --port 5000
+      --workers {server.workers}
+      --allowed-hosts {hosts}{app}
+    expose: ["5000"]
+    healthcheck:
+      test: ["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/health')"]
+      interval: 15s
+      retries: 5
+
+  nginx:
+    image: nginx:1.27
+    restart: unless-stopped
+    depends_on: [mlflow]
+    ports: ["80:80", "443:443"]
+    volumes:
+      - ./nginx-compose.conf:/etc/nginx/conf.d/default.conf:ro
+      - ./mlflow.htpasswd:/etc/nginx/mlflow.htpasswd:ro
+      - ./tls:/etc/nginx/tls:ro
+
+volumes:
+  pgdata: {{}}
+  s3data: {{}}
+
+# Public URL: {server.public_url or f"https://{host}"}
+"""
+
+
+def render_env_example(server: Server) -> str:
+    return f"""# Environment for mlflow.service (/etc/mlflow/mlflow.env, mode 0600) or compose (.env).
+# Generated by `mlflow-ci server config`; fill in, never commit the filled-in copy.
+POSTGRES_PASSWORD=CHANGE-ME
+AWS_ACCESS_KEY_ID=CHANGE-ME
+AWS_SECRET_ACCESS_KEY=CHANGE-ME
+{"MLFLOW_S3_ENDPOINT_URL=" + server.s3_endpoint_url if server.s3_endpoint_url else "# MLFLOW_S3_ENDPOINT_URL=http://s3:8333   # S3-compatible stores only"}
+# MLflow basic-auth app (server.app_name: basic-auth):
+# MLFLOW_AUTH_CONFIG_PATH=/etc/mlflow/basic_auth.ini
+# MLFLOW_FLASK_SERVER_SECRET_KEY=CHANGE-ME
+"""
+
+
+def render_seaweedfs_config() -> str:
+    """S3 identities for the compose file's SeaweedFS (the bucket is created on first upload)."""
+    return """{
+  "identities": [
+    {
+      "name": "mlflow",
+      "credentials": [{"accessKey": "CHANGE-ME (= AWS_ACCESS_KEY_ID)", "secretKey": "CHANGE-ME (= AWS_SECRET_ACCESS_KEY)"}],
+      "actions": ["Admin", "Read", "Write", "List", "Tagging"]
+    }
+  ]
+}
+"""
+
+
+def render_all(server: Server) -> dict[str, str]:
+    compose_site = server.model_copy(update={"host": "mlflow", "port": 5000})
+    return {
+        "nginx.conf": render_nginx(server),
+        "nginx-compose.conf": render_nginx(compose_site, upstream="mlflow:5000"),
+        "mlflow.service": render_systemd(server),
+        "compose.yaml": render_compose(server),
+        "mlflow.env.example": render_env_example(server),
+        "seaweedfs-s3.json.example": render_seaweedfs_config(),
+    }
+
+
+def config_command(*, out: Path, policy_path: Path | None, as_json: bool) -> int:
+    from mlflow_ci.core.output import emit_json
+    from mlflow_ci.serverops.profile import load_ops
+
+    ops = load_ops(policy_path)
+    written = {}
+    for name, text in render_all(ops.server).items():
+        written[name] = str(atomic_write_text(Path(out) / name, text))
+    if as_json:
+        emit_json({"written": written})
+    else:
+        output.info(f"wrote {', '.join(sorted(written))} to {out}")
+    return 0

@@ -1,0 +1,247 @@
+"""``mlflow-ci deploy``: serve the version at an alias, check it, and roll back when the check fails.
+
+1. read ``<model>@<alias>`` (default ``champion``) and stop what an earlier ``deploy`` of this model
+   to this target left running (a deploy replaces; it is not blue/green);
+2. start that version with the deploy target (:mod:`mlflow_ci.serving.targets`) and run the
+   post-deploy check (:func:`mlflow_ci.serving.servecheck.run_checks`); its verdict is recorded on the
+   version;
+3. on failure (a failed check, or a start that failed) stop it, move the alias back to the
+   previous version through :func:`mlflow_ci.release.rollback.rollback` (audited, with the failing checks
+   as the reason) and deploy and check that version instead.
+
+A deployment is kept running by default and recorded in ``deploy.state_dir``;
+``mlflow-ci undeploy`` stops it.  Exit 0 when the version at the alias serves and passed, 1 when
+it failed (whether or not the rollback worked: the report says).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow_ci.config.policy import Deploy, load_command_policy
+from mlflow_ci.core import output
+from mlflow_ci.core.errors import CheckFailed, ConfigError, MlflowCiError
+from mlflow_ci.core.fsutil import atomic_write_json
+from mlflow_ci.core.output import finish
+from mlflow_ci.core.report import Report, check
+from mlflow_ci.mlflowio.modelref import fetch, resolve
+from mlflow_ci.mlflowio.registry import Connection, aliases, connect, get_version
+from mlflow_ci.serving import targets as deploy_targets
+from mlflow_ci.serving.servecheck import record_verdict, run_checks
+from mlflow_ci.serving.targets import Deployment, DeployTarget
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-.") or "model"
+
+
+def state_path(settings: Deploy, model: str, target: str) -> Path:
+    return Path(settings.state_dir) / _slug(model) / f"{target}.json"
+
+
+def deploy_command(
+    *,
+    model: str | None,
+    target: str | None = None,
+    alias: str | None = None,
+    policy_path: Path | None = None,
+    tracking_uri: str | None = None,
+    report_dir: Path | None = None,
+    keep: bool = True,
+    rollback: bool | None = None,
+    as_json: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    env = os.environ if env is None else env
+    loaded = load_command_policy(
+        policy_path,
+        overrides={"deploy.target": target, "deploy.rollback_on_failure": rollback},
+        project_default=model or "mlflow-ci",
+    )
+    policy = loaded.policy
+    settings = policy.deploy
+    name = model or policy.registry.model_name or policy.project
+    alias = alias or policy.registry.aliases.champion
+    base_dir = loaded.path.parent if loaded.path else Path.cwd()
+    report_dir = report_dir or Path("reports/mlflow-ci")
+    conn = connect(tracking_uri)
+    chosen = deploy_targets.get(settings.target)
+    chosen.preflight()
+    version = aliases(conn, name).get(alias)
+    if version is None:
+        raise CheckFailed(f"Model {name!r} has no version at @{alias}: there is nothing to deploy.")
+    report = Report(
+        kind="deploy", title=f"{name}@{alias} (v{version}) on {chosen.name}", tracking_uri=conn.server
+    )
+    report.run_url = conn.version_url(name, version)
+    report.run_id = get_version(conn, name, version).run_id
+    state_file = state_path(settings, name, chosen.name)
+    _stop_recorded(chosen, state_file, report)
+
+    deployment, passed = _deploy_version(
+        conn, name, version, alias, chosen, settings, report, workdir=state_file.parent / chosen.name,
+        base_dir=base_dir, env=env,
+    )  # fmt: skip
+    outcome: dict[str, Any] = {"model": name, "alias": alias, "target": chosen.name, "version": version}
+    if not passed:
+        if deployment is not None:
+            chosen.stop(deployment)
+        deployment = None
+        outcome["failed_version"] = version
+        if settings.rollback_on_failure:
+            previous = _roll_back(conn, name, version, alias, chosen, report, loaded.path, report_dir, env)
+            if previous is not None:
+                outcome["version"] = previous
+                outcome["rolled_back_to"] = previous
+                deployment, passed_previous = _deploy_version(
+                    conn, name, previous, alias, chosen, settings, report,
+                    workdir=state_file.parent / chosen.name, base_dir=base_dir, env=env, rollback=True,
+                )  # fmt: skip
+                if not passed_previous and deployment is not None:
+                    chosen.stop(deployment)
+                    deployment = None
+        else:
+            report.notes.append("deploy.rollback_on_failure is off: the alias was left where it is.")
+    if deployment is not None:
+        outcome["url"] = deployment.url
+        if keep:
+            atomic_write_json(
+                state_file, {**deployment.to_dict(), "version": outcome["version"], "alias": alias}
+            )
+            report.notes.append(
+                f"Serving v{outcome['version']} at {deployment.url}; stop it with "
+                f"`mlflow-ci undeploy {name} --target {chosen.name}`."
+            )
+            outcome["state"] = str(state_file)
+        else:
+            chosen.stop(deployment)
+            shutil.rmtree(state_file.parent / chosen.name, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                state_file.parent.rmdir()  # only when empty: another target's record stays
+            report.notes.append(f"Stopped v{outcome['version']} after the check (--stop).")
+    report.data.update(outcome)
+    output.set_output("url", str(outcome.get("url", "")))
+    output.set_output("deployed_version", str(outcome["version"]) if deployment is not None else "")
+    output.set_output("rolled_back", "true" if "rolled_back_to" in outcome else "false")
+    return finish(report, report_dir=report_dir, as_json=as_json)
+
+
+def _deploy_version(
+    conn: Connection,
+    name: str,
+    version: str,
+    alias: str,
+    chosen: DeployTarget,
+    settings: Deploy,
+    report: Report,
+    *,
+    workdir: Path,
+    base_dir: Path,
+    env: Mapping[str, str],
+    rollback: bool = False,
+) -> tuple[Deployment | None, bool]:
+    """Start ``name`` v``version`` and run the post-deploy check into ``report``."""
+    prefix = f"v{version}{' (rollback)' if rollback else ''}: "
+    ref = resolve(f"models:/{name}/{version}", tracking_uri=conn.server, env=env)
+    shutil.rmtree(workdir, ignore_errors=True)
+    local = fetch(ref, workdir / "model")
+    part = Report(kind="serve-check", title=f"post-deploy check of {ref.label}", tracking_uri=conn.server)
+    deployment: Deployment | None = None
+    try:
+        with output.step(f"deploy {ref.label} to {chosen.name}"):
+            deployment = chosen.start(
+                ref, local, settings=settings, workdir=workdir, name=f"mlflow-ci-{_slug(name)}-{_slug(alias)}"
+            )
+    except MlflowCiError as exc:
+        part.add(check(f"{prefix}start on {chosen.name}", False, expected="started", found=str(exc)[:300]))
+    if deployment is not None:
+        started = deployment
+        part.add(check(f"{prefix}start on {chosen.name}", True, expected="started", found=started.subject))
+        run_checks(
+            started.url, local, settings.check, report=part, scratch=workdir / "check", base_dir=base_dir,
+            alive=lambda: chosen.alive(started), logs=lambda: chosen.logs(started), prefix=prefix,
+        )  # fmt: skip
+        record_verdict(ref, part, f"{chosen.name}: {started.subject}")
+    report.checks.extend(part.checks)
+    report.output_tail = part.output_tail or report.output_tail
+    report.data.setdefault("checks_by_version", {})[version] = part.data
+    return deployment, part.verdict == "pass"
+
+
+def _roll_back(
+    conn: Connection,
+    name: str,
+    version: str,
+    alias: str,
+    chosen: DeployTarget,
+    report: Report,
+    policy_path: Path | None,
+    report_dir: Path,
+    env: Mapping[str, str],
+) -> str | None:
+    """Move ``alias`` back from ``version`` (audited); the version it now names, or None."""
+    from mlflow_ci.release.rollback import rollback
+
+    now = aliases(conn, name).get(alias)
+    if now != version:
+        report.add(check(f"@{alias} unchanged during the deploy", False, expected=f"v{version}",
+                         found=f"v{now}" if now else "no version",
+                         detail="Someone moved the alias meanwhile; mlflow-ci rolls back only what it deployed."))  # fmt: skip
+        return None
+    failed = ", ".join(c.name for c in report.failures)
+    reason = f"post-deploy check of v{version} on {chosen.name} failed: {failed}"[:1500]
+    try:
+        with output.step(f"roll back @{alias} from v{version}"):
+            rollback(model=name, reason=reason, alias=alias, policy_path=policy_path, tracking_uri=conn.server,
+                     report_dir=report_dir, env=env)  # fmt: skip
+    except MlflowCiError as exc:
+        report.add(
+            check(f"rollback @{alias}", False, expected="the previous version restored", found=str(exc)[:300])
+        )
+        return None
+    previous = aliases(conn, name).get(alias)
+    report.add(check(f"rollback @{alias}", True, expected="the previous version restored",
+                     found=f"v{version} → v{previous} (audit: {reason[:120]})"))  # fmt: skip
+    return previous
+
+
+def _stop_recorded(chosen: DeployTarget, state_file: Path, report: Report) -> None:
+    if not state_file.is_file():
+        return
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    fields = {k: state[k] for k in ("target", "url", "subject", "handle", "model", "started") if k in state}
+    with output.step(f"stop the earlier deployment (v{state.get('version')}, {state.get('url')})"):
+        chosen.stop(Deployment.from_dict(fields))
+    state_file.unlink()
+    report.notes.append(f"Replaced the earlier deployment of v{state.get('version')} at {state.get('url')}.")
+
+
+def undeploy_command(
+    *, model: str | None, target: str | None = None, policy_path: Path | None = None, as_json: bool = False
+) -> int:
+    """Stop a deployment kept by ``mlflow-ci deploy``."""
+    loaded = load_command_policy(
+        policy_path, overrides={"deploy.target": target}, project_default=model or "mlflow-ci"
+    )
+    policy = loaded.policy
+    name = model or policy.registry.model_name or policy.project
+    chosen = deploy_targets.get(policy.deploy.target)
+    state_file = state_path(policy.deploy, name, chosen.name)
+    if not state_file.is_file():
+        raise ConfigError(f"Nothing of {name!r} is deployed to {chosen.name} (no {state_file}).")
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    fields = {k: state[k] for k in ("target", "url", "subject", "handle", "model", "started") if k in state}
+    chosen.stop(Deployment.from_dict(fields))
+    state_file.unlink()
+    shutil.rmtree(state_file.parent / chosen.name, ignore_errors=True)
+    if as_json:
+        print(json.dumps({"model": name, "target": chosen.name, "stopped": state}, indent=2, default=str))
+    output.info(f"stopped {name} v{state.get('version')} at {state.get('url')} ({chosen.name}).")
+    return 0

@@ -1,0 +1,1 @@
+"""What the GitHub workflows call: the sticky PR comment, ``expect``, and the workflow linters."""

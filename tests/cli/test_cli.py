@@ -1,0 +1,84 @@
+"""The CLI contract: --help everywhere, documented exit codes, no tracebacks on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from conftest import ROOT, run_cli
+from mlflow_ci.cli import cli
+from mlflow_ci.core.errors import EXIT_CODES
+
+
+def _command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for name, command in group.commands.items():
+        paths.append((*prefix, name))
+        if isinstance(command, click.Group):
+            paths.extend(_command_paths(command, (*prefix, name)))
+    return paths
+
+
+@pytest.mark.parametrize("path", _command_paths(cli), ids=" ".join)
+def test_every_command_has_help_with_exit_codes(path: tuple[str, ...]) -> None:
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Exit codes:" in result.output
+    assert "3 infrastructure error" in " ".join(result.output.split())
+
+
+def test_exit_codes_documented_in_readme() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for code in EXIT_CODES:
+        assert f"| {code} |" in readme, f"exit code {code} missing from the README table"
+
+
+def test_policy_with_unknown_key_exits_2_with_line(tmp_path: Path) -> None:
+    policy = tmp_path / "mlflow-ci.yaml"
+    policy.write_text("project: demo\nsmoke:\n  entry_point: main\n  retries: 3\n", encoding="utf-8")
+    result = run_cli("policy", "check", str(policy))
+    assert result.returncode == 2
+    assert f"{policy}:4" in result.stderr
+    assert "smoke.retries" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_smoke_with_invalid_policy_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "MLproject").write_text("name: x\nentry_points:\n  main:\n    command: 'true'\n")
+    (tmp_path / "mlflow-ci.yaml").write_text("project: x\nsmok: {}\n")
+    result = run_cli("smoke", str(tmp_path))
+    assert result.returncode == 2
+    assert "did you mean 'smoke'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_smoke_against_unreachable_server_exits_3(tmp_path: Path) -> None:
+    from mlflow_ci.mlflowio.tracking import free_port
+
+    (tmp_path / "MLproject").write_text("name: x\nentry_points:\n  main:\n    command: 'true'\n")
+    (tmp_path / "mlflow-ci.yaml").write_text("project: x\nsmoke: {env_manager: local}\n")
+    url = f"http://127.0.0.1:{free_port()}"
+    result = run_cli("smoke", str(tmp_path), "--tracking-uri", url)
+    assert result.returncode == 3
+    assert f"{url} did not answer" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_non_project_folder_exits_2(tmp_path: Path) -> None:
+    result = run_cli("smoke", str(tmp_path))
+    assert result.returncode == 2
+    assert "no MLproject file" in result.stderr
+
+
+def test_policy_show_reports_sources(tmp_path: Path) -> None:
+    policy = tmp_path / "mlflow-ci.yaml"
+    policy.write_text("project: demo\nsmoke:\n  timeout: 30\n", encoding="utf-8")
+    result = run_cli("policy", "show", str(policy), env={"MLFLOW_CI__SMOKE__ENV_MANAGER": "uv"})
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert lines["smoke.timeout"].endswith(f"[{policy}:3]")
+    assert lines["smoke.env_manager"].endswith("[env MLFLOW_CI__SMOKE__ENV_MANAGER]")
+    assert lines["smoke.entry_point"].endswith("[default]")
