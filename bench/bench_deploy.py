@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from mlflow_ci.config.policy import Deploy, DockerTarget
+from mlflow_ci.config import Deploy, DockerTarget
 from mlflow_ci.mlflowio.modelref import describe, resolve
 from mlflow_ci.serving.loadtest import LoadResult, run_load
 from mlflow_ci.serving.servecheck import example_payload, wait_ready

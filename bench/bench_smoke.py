@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlflow_ci.config.policy import load_policy
+from mlflow_ci.config import load_policy
 from mlflow_ci.mlflowio.tracking import TrackingServer
 
 ROOT = Path(__file__).resolve().parent.parent

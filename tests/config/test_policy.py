@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-from mlflow_ci.config.policy import Naming, Policy, json_schema, load_policy
+from mlflow_ci.config import Naming, Policy, json_schema, load_policy
 from mlflow_ci.core.errors import PolicyError
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli
-from mlflow_ci.config.policy import load_policy
+from mlflow_ci.config import load_policy
 from mlflow_ci.core.errors import PolicyError
 from mlflow_ci.mlflowio.registry import Connection
 from mlflow_ci.release.gatereport import bar_chart_svg

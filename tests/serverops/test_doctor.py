@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import run_cli
-from mlflow_ci.config.policy import Server
+from mlflow_ci.config import Server
 from mlflow_ci.mlflowio.tracking import TrackingServer, free_port
 from mlflow_ci.serverops.backup import BackupRepo
 from mlflow_ci.serverops.doctor import doctor, head_revision

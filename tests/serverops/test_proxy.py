@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import require
-from mlflow_ci.config.policy import Server
+from mlflow_ci.config import Server
 from mlflow_ci.mlflowio.tracking import TrackingServer, free_port
 from mlflow_ci.serverops.config_files import apr1_hash, htpasswd_line, render_all, render_nginx
 from mlflow_ci.serverops.profile import allowed_hosts

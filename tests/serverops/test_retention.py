@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import run_cli
-from mlflow_ci.config.policy import KeepBest, Retention, RetentionRule
+from mlflow_ci.config import KeepBest, Retention, RetentionRule
 from mlflow_ci.mlflowio.tracking import TrackingServer, client_settings
 from mlflow_ci.serverops.retention import DAY_MS, RunView, grace_expired, select
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import port_open, require, run_cli
 from deployflow import register_and_promote, write_policy
-from mlflow_ci.config.policy import load_policy
+from mlflow_ci.config import load_policy
 from mlflow_ci.mlflowio.modelref import resolve
 from mlflow_ci.mlflowio.registry import Connection
 from mlflow_ci.mlflowio.tracking import TrackingServer

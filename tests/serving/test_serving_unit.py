@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from mlflow_ci.config.policy import Budgets, ImageSettings, ServeCheckSettings, load_policy
+from mlflow_ci.config import Budgets, ImageSettings, ServeCheckSettings, load_policy
 from mlflow_ci.core.errors import ConfigError, PolicyError
 from mlflow_ci.mlflowio.modelref import LocalModel, ModelRef
 from mlflow_ci.serving.images import (
@@ -312,3 +312,11 @@ def test_image_lineage_check() -> None:
     assert _lineage_check({**same, "io.mlflow-ci.model.uri": "models:/w/2"}, ref).verdict == "fail"
     assert _lineage_check({**same, "io.mlflow-ci.run-id": "b" * 32}, ref).verdict == "fail"
     assert _lineage_check({}, ref).verdict == "warn"  # built outside mlflow-ci: nothing to contradict
+
+
+def test_the_policys_deploy_target_names_are_the_target_table() -> None:
+    """config keeps the names as a literal (so that reading a policy never imports serving)."""
+    from mlflow_ci.config import TARGET_NAMES
+    from mlflow_ci.serving.targets import TARGETS
+
+    assert sorted(TARGET_NAMES) == sorted(TARGETS)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlflow_ci.config.policy import LoadedPolicy, Policy, find_policy, load_policy
+from mlflow_ci.config import LoadedPolicy, Policy, find_policy, load_policy
 from mlflow_ci.core.errors import ConfigError, InfraError
 from mlflow_ci.core.output import finish
 from mlflow_ci.core.report import Check, Report, check

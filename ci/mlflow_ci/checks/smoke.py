@@ -16,7 +16,7 @@ from typing import Any
 from mlflow_ci.checks import modelenv
 from mlflow_ci.checks.conventions import run_url, verify_run
 from mlflow_ci.checks.projectrun import ProjectRun, param_value, run_project
-from mlflow_ci.config.policy import LoadedPolicy, Policy, find_policy, load_policy
+from mlflow_ci.config import LoadedPolicy, Policy, find_policy, load_policy
 from mlflow_ci.core import output, proc
 from mlflow_ci.core.errors import ConfigError, PolicyError
 from mlflow_ci.core.output import finish

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mlflow_ci.checks.projectrun import ProjectRun, param_value, run_project
-from mlflow_ci.config.policy import Policy, find_policy, load_command_policy
+from mlflow_ci.config import Policy, find_policy, load_command_policy
 from mlflow_ci.core import output, proc
 from mlflow_ci.core.errors import CheckFailed
 from mlflow_ci.mlflowio import envmanagers

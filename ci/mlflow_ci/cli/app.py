@@ -104,7 +104,7 @@ def policy() -> None:
 @_handle
 def policy_check(path: Path, as_json: bool) -> int:
     """Validate a policy file; exit 2 naming file, line and key when it is invalid."""
-    from mlflow_ci.config.policy import find_policy, load_policy
+    from mlflow_ci.config import find_policy, load_policy
 
     if path.is_dir():
         path = find_policy(path) or path / "mlflow-ci.yaml"
@@ -121,7 +121,7 @@ def policy_check(path: Path, as_json: bool) -> int:
 @_handle
 def policy_show(path: Path) -> int:
     """Print the resolved policy with where each value came from (default, file:line, env, flag)."""
-    from mlflow_ci.config.policy import find_policy, load_policy
+    from mlflow_ci.config import find_policy, load_policy
 
     if path.is_dir():
         path = find_policy(path) or path / "mlflow-ci.yaml"
@@ -147,7 +147,7 @@ def policy_show(path: Path) -> int:
 @_handle
 def policy_schema(out: Path | None) -> int:
     """Print (or write) the JSON Schema of mlflow-ci.yaml, for editors."""
-    from mlflow_ci.config.policy import json_schema
+    from mlflow_ci.config import json_schema
     from mlflow_ci.core.fsutil import atomic_write_text
 
     text = json.dumps(json_schema(), indent=2) + "\n"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from mlflow_ci.config.policy import Policy
+from mlflow_ci.config import Policy
 from mlflow_ci.core.errors import ConfigError, InfraError, MlflowCiError, ServerUnreachable
 
 # Version and registered-model tags written by mlflow-ci.

@@ -525,7 +525,7 @@ def audit_command(
     import os
     from pathlib import Path
 
-    from mlflow_ci.config.policy import load_command_policy
+    from mlflow_ci.config import load_command_policy
     from mlflow_ci.core import output
     from mlflow_ci.mlflowio import lineage
     from mlflow_ci.mlflowio.registry import connect

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlflow_ci.config.policy import Policy
+from mlflow_ci.config import Policy
 from mlflow_ci.core.errors import ConfigError
 from mlflow_ci.mlflowio.registry import Connection, aliases_or_empty, get_run, get_version, mlflow_errors
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow_ci.config.policy import Evaluation, MetricGate, Policy, load_command_policy
+from mlflow_ci.config import Evaluation, MetricGate, Policy, load_command_policy
 from mlflow_ci.core import output
 from mlflow_ci.core.errors import ConfigError, InfraError
 from mlflow_ci.core.report import Check, Report, check

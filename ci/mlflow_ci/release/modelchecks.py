@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow_ci.config.policy import ModelChecks
+from mlflow_ci.config import ModelChecks
 from mlflow_ci.core.errors import InfraError
 from mlflow_ci.core.report import Check, check
 

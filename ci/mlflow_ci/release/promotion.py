@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow_ci.config.policy import Policy, PromotionRule, load_command_policy
+from mlflow_ci.config import Policy, PromotionRule, load_command_policy
 from mlflow_ci.core import faults, output
 from mlflow_ci.core.errors import CheckFailed, ConcurrentChange, ConfigError, PolicyError
 from mlflow_ci.core.report import Check, Report, check

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow_ci.config.policy import Policy, load_command_policy
+from mlflow_ci.config import Policy, load_command_policy
 from mlflow_ci.core import faults, output
 from mlflow_ci.core.errors import ConfigError
 from mlflow_ci.mlflowio import lineage

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from mlflow_ci.config.policy import load_command_policy
+from mlflow_ci.config import load_command_policy
 from mlflow_ci.core import output
 from mlflow_ci.core.errors import CheckFailed, ConcurrentChange, ConfigError
 from mlflow_ci.core.report import Report, check

@@ -24,7 +24,7 @@ import shlex
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mlflow_ci.config.policy import Server
+from mlflow_ci.config import Server
 from mlflow_ci.core import output
 from mlflow_ci.core.fsutil import atomic_write_text
 from mlflow_ci.serverops.profile import allowed_hosts, server_args

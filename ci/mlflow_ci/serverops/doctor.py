@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mlflow_ci.config.policy import Server
+from mlflow_ci.config import Server
 from mlflow_ci.core import output, proc
 from mlflow_ci.core.errors import CheckFailed, ConfigError, MlflowCiError
 from mlflow_ci.core.redact import redact

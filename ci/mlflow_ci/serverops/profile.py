@@ -1,6 +1,6 @@
 """Server profiles: the ``server:``/``backup:``/``retention:`` policy sections resolved once.
 
-Precedence, lowest first (the same as every mlflow-ci setting, see :mod:`mlflow_ci.config.policy`):
+Precedence, lowest first (the same as every mlflow-ci setting, see :mod:`mlflow_ci.config.loader`):
 defaults in the models < ``mlflow-ci.yaml`` < ``MLFLOW_CI__SERVER__*`` variables < CLI flags.
 :func:`load_ops` applies it and :class:`Ops` remembers where each value came from.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mlflow_ci.config.policy import Backup, LoadedPolicy, Retention, Server, find_policy, load_policy
+from mlflow_ci.config import Backup, LoadedPolicy, Retention, Server, find_policy, load_policy
 
 
 @dataclass(frozen=True)

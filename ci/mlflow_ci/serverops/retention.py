@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow_ci.config.policy import Retention, RetentionRule
+from mlflow_ci.config import Retention, RetentionRule
 from mlflow_ci.core import output, proc
 from mlflow_ci.core.errors import CheckFailed, ConfigError
 from mlflow_ci.core.report import Report, check

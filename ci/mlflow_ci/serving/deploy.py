@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow_ci.config.policy import Deploy, load_command_policy
+from mlflow_ci.config import Deploy, load_command_policy
 from mlflow_ci.core import output
 from mlflow_ci.core.errors import CheckFailed, ConfigError, MlflowCiError
 from mlflow_ci.core.fsutil import atomic_write_json

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from mlflow_ci import __version__
-from mlflow_ci.config.policy import ImageSettings
+from mlflow_ci.config import ImageSettings
 from mlflow_ci.core import output
 from mlflow_ci.core.errors import ConfigError, InfraError
 from mlflow_ci.mlflowio.modelref import LocalModel, ModelRef, fetch, resolve
@@ -385,7 +385,7 @@ def build_image_command(
     as_json: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> int:
-    from mlflow_ci.config.policy import load_command_policy
+    from mlflow_ci.config import load_command_policy
     from mlflow_ci.serving.engine import engine_client
 
     env = os.environ if env is None else env

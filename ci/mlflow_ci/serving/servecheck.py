@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow_ci.config.policy import LoadedPolicy, ServeCheckSettings
+from mlflow_ci.config import LoadedPolicy, ServeCheckSettings
 from mlflow_ci.core import output
 from mlflow_ci.core.errors import ConfigError
 from mlflow_ci.core.output import finish
@@ -452,7 +452,7 @@ def serve_check_command(
     env: Mapping[str, str] | None = None,
 ) -> int:
     """0 when every check passed, 1 when one failed; the container or server it started is gone."""
-    from mlflow_ci.config.policy import load_command_policy
+    from mlflow_ci.config import load_command_policy
     from mlflow_ci.serving import targets as deploy_targets
 
     env = os.environ if env is None else env

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mlflow_ci.config.policy import Deploy
+from mlflow_ci.config import Deploy
 from mlflow_ci.core import output, proc
 from mlflow_ci.core.errors import ConfigError, InfraError
 from mlflow_ci.mlflowio.modelref import LocalModel, ModelRef

@@ -1,0 +1,124 @@
+"""Sections read by the pull-request checks: ``naming``, ``tags``, ``smoke`` and ``train``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from mlflow_ci.config.base import EnvManager, Section, check_regexes
+from mlflow_ci.core.errors import PolicyError
+
+DEFAULT_PLACEHOLDERS: dict[str, str] = {
+    "date": r"\d{4}-?\d{2}-?\d{2}",
+    "seed": r"\d+",
+    "objective": r"[a-z][a-z0-9-]*",
+    "model": r"[A-Za-z0-9-]+",
+}
+
+
+class Naming(Section):
+    """Naming conventions. ``{placeholder}`` stands for a pattern; ``{project}`` is the project name."""
+
+    experiment: str = Field("exp_{project}_{date}", description="Template for experiment names.")
+    run: str = Field("run_{objective}_{seed}", description="Template for run names.")
+    date_format: str = Field("%Y%m%d", description="strftime format used to render {date}.")
+    placeholders: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra or overriding regular expressions for placeholders.",
+    )
+
+    @field_validator("placeholders")
+    @classmethod
+    def _regexes_compile(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_regexes(value, "placeholder")
+
+    @model_validator(mode="after")
+    def _templates_known(self) -> Naming:
+        known = {"project", *DEFAULT_PLACEHOLDERS, *self.placeholders}
+        for key in ("experiment", "run"):
+            for name in re.findall(r"{(\w+)}", getattr(self, key)):
+                if name not in known:
+                    raise ValueError(
+                        f"{key} template uses {{{name}}}, which is not a known placeholder; "
+                        f"known: {', '.join(sorted(known))} (add it under naming.placeholders)"
+                    )
+        return self
+
+    def pattern(self, which: Literal["experiment", "run"], project: str) -> str:
+        """The anchored regular expression a name must match."""
+        table = {**DEFAULT_PLACEHOLDERS, **self.placeholders, "project": re.escape(project)}
+        template = getattr(self, which)
+        out, pos = [], 0
+        for m in re.finditer(r"{(\w+)}", template):
+            out.append(re.escape(template[pos : m.start()]))
+            out.append(f"(?:{table[m.group(1)]})")
+            pos = m.end()
+        out.append(re.escape(template[pos:]))
+        return "^" + "".join(out) + "$"
+
+    def render(self, which: Literal["experiment", "run"], project: str, **values: Any) -> str:
+        values.setdefault("project", project)
+        values.setdefault("date", dt.datetime.now(dt.timezone.utc).strftime(self.date_format))
+        try:
+            return getattr(self, which).format(**values)
+        except KeyError as exc:
+            raise PolicyError(
+                f"Cannot render the {which} name {getattr(self, which)!r}: no value for {exc}."
+            ) from None
+
+
+class Tags(Section):
+    required: list[str] = Field(
+        default_factory=lambda: ["dataset", "env", "purpose", "owner"],
+        description="Tags every run must carry (non-empty).",
+    )
+    patterns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Regular expressions that a tag's value must match, e.g. {env: '^(dev|ci|prod)$'}.",
+    )
+
+    @field_validator("patterns")
+    @classmethod
+    def _regexes_compile(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_regexes(value, "tag")
+
+
+class Smoke(Section):
+    entry_point: str = Field("main", description="MLproject entry point to run.")
+    parameters: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Parameters passed to the entry point in smoke mode."
+    )
+    env_manager: EnvManager = Field(
+        "virtualenv", description="How `mlflow run` builds the environment: virtualenv, uv or local."
+    )
+    predict_env_manager: EnvManager | None = Field(
+        None, description="Environment for the load-and-predict check; defaults to env_manager."
+    )
+    timeout: int = Field(900, gt=0, description="Seconds the entry point may take.")
+    experiment: str | None = Field(
+        None, description="Experiment to log into; default rendered from naming.experiment."
+    )
+    required_params: list[str] = Field(default_factory=list)
+    required_metrics: list[str] = Field(default_factory=list)
+    required_artifacts: list[str] = Field(
+        default_factory=list, description="Run artifact paths that must exist (files or folders)."
+    )
+    model_artifact_path: str = Field(
+        "model", description="Name the model is logged under (mlflow.<flavor>.log_model(name=...))."
+    )
+    require_dataset: bool = Field(True, description="A dataset must be recorded with mlflow.log_input.")
+    require_signature: bool = True
+    require_input_example: bool = True
+
+
+class Train(Section):
+    """`mlflow-ci train`: run the project with its full parameters (not smoke)."""
+
+    entry_point: str = Field("main", description="MLproject entry point.")
+    parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    env_manager: EnvManager = Field("virtualenv")
+    timeout: int = Field(3600, gt=0, description="Seconds the run may take.")
+    experiment: str | None = Field(None, description="Experiment (default rendered from naming.experiment).")
