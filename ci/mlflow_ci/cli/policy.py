@@ -70,10 +70,9 @@ def policy_schema(out: Path | None) -> int:
     from mlflow_ci.config import json_schema
     from mlflow_ci.core.fsutil import atomic_write_text
 
-    text = json.dumps(json_schema(), indent=2) + "\n"
     if out:
-        atomic_write_text(out, text)
+        atomic_write_text(out, json.dumps(json_schema(), indent=2) + "\n")
         output.info(f"wrote {out}")
     else:
-        click.echo(text, nl=False)
+        emit_json(json_schema())
     return 0
