@@ -7,6 +7,7 @@ stop its whole tree.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -120,6 +121,19 @@ def test_train_prints_only_the_run_id_on_stdout(tracking_server: TrackingServer,
     run = mlflow.MlflowClient(tracking_server.url).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.project.backend"] == "local"
+
+
+def test_train_json_is_one_document_on_stdout(tracking_server: TrackingServer, tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", "print('noise from the entry point')\n")
+    (project / "mlflow-ci.yaml").write_text(
+        "project: tiny\ntrain:\n  env_manager: local\n  experiment: tiny-train\n", encoding="utf-8"
+    )
+    result = run_cli("train", str(project), "--tracking-uri", tracking_server.url, "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert set(out) == {"run_id", "experiment", "elapsed_s"}
+    assert len(out["run_id"]) == 32
+    assert out["experiment"] == "tiny-train"
 
 
 def test_local_runs_the_entry_point_with_mlflow_cis_own_interpreter(

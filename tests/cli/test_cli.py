@@ -8,6 +8,7 @@ import click
 import pytest
 from conftest import ROOT, run_cli
 from mlflow_ci.cli import cli
+from mlflow_ci.cli.app import json_option, policy_option, tracking_option
 from mlflow_ci.core.errors import EXIT_CODES
 
 
@@ -28,6 +29,46 @@ def test_every_command_has_help_with_exit_codes(path: tuple[str, ...]) -> None:
     assert result.exit_code == 0, result.output
     assert "Exit codes:" in result.output
     assert "3 infrastructure error" in " ".join(result.output.split())
+
+
+def _option(decorator) -> click.Option:
+    """The click.Option a shared option decorator attaches."""
+
+    @decorator
+    def command() -> None: ...
+
+    return command.__click_params__[0]  # type: ignore[attr-defined]
+
+
+def _form(option: click.Parameter) -> dict[str, object]:
+    fields = ("name", "opts", "secondary_opts", "envvar", "help", "default", "is_flag", "multiple")
+    kind = {**option.type.to_info_dict(), "path_type": getattr(option.type, "path_type", None)}
+    return {field: getattr(option, field, None) for field in fields} | {"type": kind}
+
+
+SHARED = {"--json": json_option, "--policy": policy_option, "--tracking-uri": tracking_option}
+# `server up --policy` starts the profile of a policy: the same option, its own help.
+OWN_HELP = {(("server", "up"), "--policy")}
+
+
+@pytest.mark.parametrize("flag", sorted(SHARED))
+def test_commands_take_the_shared_options_form(flag: str) -> None:
+    """Every command taking --json, --policy or --tracking-uri takes app.py's shared option (same
+    name, envvar, type, default and help), so the flag means one thing across the CLI."""
+    shared = _form(_option(SHARED[flag]))
+    users = []
+    for path in _command_paths(cli):
+        command = cli
+        for name in path:
+            command = command.commands[name]  # type: ignore[attr-defined]
+        for param in command.params:
+            if flag in param.opts:
+                users.append(path)
+                form = _form(param)
+                if (path, flag) in OWN_HELP:
+                    form["help"] = shared["help"]
+                assert form == shared, f"{' '.join(path)} {flag}"
+    assert len(users) > 1
 
 
 def test_exit_codes_documented_in_readme() -> None:

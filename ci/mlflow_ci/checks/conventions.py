@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mlflow_ci.config import LoadedPolicy, Policy, find_policy, load_policy
 from mlflow_ci.core.errors import ConfigError, InfraError
@@ -39,117 +40,119 @@ def _artifact_exists(client: Any, run_id: str, path: str) -> bool:
     return any(a.path == path for a in listing)
 
 
-def verify_run(client: Any, run: Any, policy: Policy, *, check_model: bool = True) -> list[Check]:
-    """Every convention the policy asks of one run, as a list of checks (nothing raised)."""
-    checks: list[Check] = []
-    info, data = run.info, run.data
-    smoke = policy.smoke
+# --------------------------------------------------------------------------------------------
+# The conventions: one function per convention, each returning its checks of one run (none
+# raised), run in the order of CONVENTIONS. The check names, their order and their texts are what
+# the smoke and conventions reports show.
 
-    checks.append(check("run status", info.status == "FINISHED", expected="FINISHED", found=info.status))
+Convention = Callable[[Any, Any, Policy], list[Check]]
 
-    experiment = client.get_experiment(info.experiment_id)
-    pattern = policy.naming.pattern("experiment", policy.project)
-    checks.append(
-        check(
-            "experiment name",
-            bool(re.match(pattern, experiment.name)),
-            expected=f"matches {policy.naming.experiment}",
-            found=experiment.name,
-            detail=f"pattern: `{pattern}`",
-        )
-    )
-    pattern = policy.naming.pattern("run", policy.project)
-    run_name = info.run_name or data.tags.get("mlflow.runName", "")
-    checks.append(
-        check(
-            "run name",
-            bool(re.match(pattern, run_name or "")),
-            expected=f"matches {policy.naming.run}",
-            found=run_name or "(none)",
-            detail=f"pattern: `{pattern}`",
-        )
+
+def _run_status(client: Any, run: Any, policy: Policy) -> list[Check]:
+    status = run.info.status
+    return [check("run status", status == "FINISHED", expected="FINISHED", found=status)]
+
+
+def _name_check(policy: Policy, which: Literal["experiment", "run"], name: str, found: str) -> Check:
+    pattern = policy.naming.pattern(which, policy.project)
+    return check(
+        f"{which} name",
+        bool(re.match(pattern, name)),
+        expected=f"matches {getattr(policy.naming, which)}",
+        found=found,
+        detail=f"pattern: `{pattern}`",
     )
 
+
+def _naming(client: Any, run: Any, policy: Policy) -> list[Check]:
+    experiment = client.get_experiment(run.info.experiment_id).name
+    run_name = run.info.run_name or run.data.tags.get("mlflow.runName", "")
+    return [
+        _name_check(policy, "experiment", experiment, found=experiment),
+        _name_check(policy, "run", run_name or "", found=run_name or "(none)"),
+    ]
+
+
+def _found_tag(value: str | None) -> str:
+    return repr(value) if value is not None else "missing"
+
+
+def _required_tags(client: Any, run: Any, policy: Policy) -> list[Check]:
+    checks = []
     for tag in policy.tags.required:
-        value = data.tags.get(tag)
-        checks.append(
-            check(
-                f"tag {tag}",
-                bool(value and value.strip()),
-                expected="present, non-empty",
-                found=repr(value) if value is not None else "missing",
-            )
-        )
-    for tag, tag_pattern in policy.tags.patterns.items():
-        value = data.tags.get(tag)
-        checks.append(
-            check(
-                f"tag {tag} value",
-                value is not None and re.search(tag_pattern, value) is not None,
-                expected=f"matches {tag_pattern}",
-                found=repr(value) if value is not None else "missing",
-            )
-        )
+        value = run.data.tags.get(tag)
+        ok = bool(value and value.strip())
+        checks.append(check(f"tag {tag}", ok, expected="present, non-empty", found=_found_tag(value)))
+    return checks
 
-    missing_params = [p for p in smoke.required_params if p not in data.params]
-    checks.append(
+
+def _tag_patterns(client: Any, run: Any, policy: Policy) -> list[Check]:
+    checks = []
+    for tag, pattern in policy.tags.patterns.items():
+        value = run.data.tags.get(tag)
+        ok = value is not None and re.search(pattern, value) is not None
+        checks.append(check(f"tag {tag} value", ok, expected=f"matches {pattern}", found=_found_tag(value)))
+    return checks
+
+
+def _required_params(client: Any, run: Any, policy: Policy) -> list[Check]:
+    required, params = policy.smoke.required_params, run.data.params
+    missing = [p for p in required if p not in params]
+    return [
         check(
             "required params",
-            not missing_params,
-            expected=", ".join(smoke.required_params) or "(none required)",
-            found=f"missing: {', '.join(missing_params)}" if missing_params else f"{len(data.params)} params",
+            not missing,
+            expected=", ".join(required) or "(none required)",
+            found=f"missing: {', '.join(missing)}" if missing else f"{len(params)} params",
         )
-    )
+    ]
 
-    for name in smoke.required_metrics:
-        value = data.metrics.get(name)
+
+def _required_metrics(client: Any, run: Any, policy: Policy) -> list[Check]:
+    """Each required metric logged, and finite in its last value and its whole history."""
+    checks = []
+    for name in policy.smoke.required_metrics:
+        value = run.data.metrics.get(name)
         if value is None:
             checks.append(check(f"metric {name}", False, expected="logged, finite", found="missing"))
             continue
-        history = client.get_metric_history(info.run_id, name)
-        bad = [m.value for m in history if not finite(m.value)]
+        bad = [m.value for m in client.get_metric_history(run.info.run_id, name) if not finite(m.value)]
+        found = f"{value:.6g}" + (f" (non-finite in history: {bad[:3]})" if bad else "")
         checks.append(
-            check(
-                f"metric {name}",
-                finite(value) and not bad,
-                expected="logged, finite",
-                found=f"{value:.6g}" + (f" (non-finite in history: {bad[:3]})" if bad else ""),
-            )
+            check(f"metric {name}", finite(value) and not bad, expected="logged, finite", found=found)
         )
-    non_finite = sorted(
-        k for k, v in data.metrics.items() if not finite(v) and k not in smoke.required_metrics
-    )
-    if non_finite:
-        checks.append(
-            check(
-                "all metrics finite",
-                False,
-                expected="no NaN or infinity",
-                found=", ".join(f"{k}={data.metrics[k]}" for k in non_finite),
-            )
-        )
-
-    for path in smoke.required_artifacts:
-        checks.append(
-            check(
-                f"artifact {path}",
-                _artifact_exists(client, info.run_id, path),
-                expected="present",
-                found="present" if _artifact_exists(client, info.run_id, path) else "missing",
-            )
-        )
-
-    if smoke.require_dataset:
-        inputs = getattr(run, "inputs", None)
-        datasets = [d.dataset for d in (getattr(inputs, "dataset_inputs", None) or [])]
-        found = ", ".join(f"{d.name} ({d.digest})" for d in datasets) or "none"
-        checks.append(
-            check("dataset input", bool(datasets), expected="recorded with mlflow.log_input", found=found)
-        )
-
-    if check_model:
-        checks.extend(verify_model_metadata(client, run, policy))
     return checks
+
+
+def _other_metrics_finite(client: Any, run: Any, policy: Policy) -> list[Check]:
+    """The metrics not required: one failing check naming the non-finite ones, if any."""
+    metrics = run.data.metrics
+    non_finite = sorted(
+        k for k, v in metrics.items() if not finite(v) and k not in policy.smoke.required_metrics
+    )
+    if not non_finite:
+        return []
+    found = ", ".join(f"{k}={metrics[k]}" for k in non_finite)
+    return [check("all metrics finite", False, expected="no NaN or infinity", found=found)]
+
+
+def _required_artifacts(client: Any, run: Any, policy: Policy) -> list[Check]:
+    checks = []
+    for path in policy.smoke.required_artifacts:
+        present = _artifact_exists(client, run.info.run_id, path)
+        checks.append(
+            check(f"artifact {path}", present, expected="present", found="present" if present else "missing")
+        )
+    return checks
+
+
+def _dataset_input(client: Any, run: Any, policy: Policy) -> list[Check]:
+    if not policy.smoke.require_dataset:
+        return []
+    inputs = getattr(run, "inputs", None)
+    datasets = [d.dataset for d in (getattr(inputs, "dataset_inputs", None) or [])]
+    found = ", ".join(f"{d.name} ({d.digest})" for d in datasets) or "none"
+    return [check("dataset input", bool(datasets), expected="recorded with mlflow.log_input", found=found)]
 
 
 def verify_model_metadata(client: Any, run: Any, policy: Policy) -> list[Check]:
@@ -196,6 +199,31 @@ def _describe_signature(signature: Any) -> str:
         return "none"
     inputs = signature.inputs.input_names() if signature.inputs else []
     return f"{len(inputs)} inputs → {'outputs' if signature.outputs else 'no outputs'}"
+
+
+# In report order. "model" is left out when verify_run is told not to check the model.
+CONVENTIONS: tuple[tuple[str, Convention], ...] = (
+    ("status", _run_status),
+    ("naming", _naming),
+    ("tags", _required_tags),
+    ("tag patterns", _tag_patterns),
+    ("params", _required_params),
+    ("metrics", _required_metrics),
+    ("finite metrics", _other_metrics_finite),
+    ("artifacts", _required_artifacts),
+    ("dataset", _dataset_input),
+    ("model", verify_model_metadata),
+)
+
+
+def verify_run(client: Any, run: Any, policy: Policy, *, check_model: bool = True) -> list[Check]:
+    """Every convention the policy asks of one run, as a list of checks (nothing raised)."""
+    return [
+        item
+        for name, convention in CONVENTIONS
+        if check_model or name != "model"
+        for item in convention(client, run, policy)
+    ]
 
 
 # --------------------------------------------------------------------------------------------

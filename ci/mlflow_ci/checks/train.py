@@ -5,7 +5,6 @@ in the policy, not the smoke parameters) against a tracking server and report th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from mlflow_ci.checks.projectrun import ProjectRun, param_value, run_project
 from mlflow_ci.config import Policy, find_policy, load_command_policy
 from mlflow_ci.core import output, proc
 from mlflow_ci.core.errors import CheckFailed
+from mlflow_ci.core.output import emit_json
 from mlflow_ci.mlflowio import envmanagers
 from mlflow_ci.mlflowio.registry import connect
 
@@ -57,7 +57,7 @@ def train_command(
                     env_manager=env_manager, params=params)  # fmt: skip
     output.set_output("run_id", ran.run_id or "")
     if as_json:
-        print(json.dumps({"run_id": ran.run_id, "experiment": ran.experiment, "elapsed_s": ran.elapsed_s}))
+        emit_json({"run_id": ran.run_id, "experiment": ran.experiment, "elapsed_s": ran.elapsed_s})
     else:
         print(ran.run_id)
     return 0

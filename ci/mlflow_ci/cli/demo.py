@@ -15,23 +15,44 @@ from pathlib import Path
 
 import click
 
-from mlflow_ci.checks.smoke import load_project_policy, run_smoke
-from mlflow_ci.checks.train import train_run
+from mlflow_ci.cli.app import EPILOG, _handle, cli
 from mlflow_ci.core import output
 from mlflow_ci.core.errors import ConfigError
 from mlflow_ci.core.output import finish
-from mlflow_ci.mlflowio import tracking
-from mlflow_ci.release.audit import audit_command
-from mlflow_ci.release.gates import gate_command
-from mlflow_ci.release.promotion import promote
-from mlflow_ci.release.register import register_command
-from mlflow_ci.serving.deploy import deploy_command
-from mlflow_ci.serving.servecheck import serve_check_command
 
 DEMO_ACTOR = {"MLFLOW_CI_ACTOR": "mlflow-ci-demo"}
 
 
-def demo(*, project: Path, workdir: Path, env_manager: str | None, keep: bool) -> int:
+@cli.command(epilog=EPILOG)
+@click.option(
+    "--project",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("example_project"),
+    show_default=True,
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".mlflow-ci/demo"),
+    show_default=True,
+    help="Server data and reports (wiped at start unless --keep).",
+)
+@click.option("--env-manager", type=click.Choice(["local", "virtualenv", "uv"]), default=None)
+@click.option("--keep", is_flag=True, help="Keep the previous demo's data.")
+@_handle
+def demo(project: Path, workdir: Path, env_manager: str | None, keep: bool) -> int:
+    """The main job end to end on the embedded default server (no services needed)."""
+    return run_demo(project=project, workdir=workdir, env_manager=env_manager, keep=keep)
+
+
+# The capability packages are imported inside the functions below, not at module level, so that
+# `mlflow-ci --help` and every other command do not import them.
+
+
+def run_demo(*, project: Path, workdir: Path, env_manager: str | None, keep: bool) -> int:
+    from mlflow_ci.checks.smoke import load_project_policy, run_smoke
+    from mlflow_ci.mlflowio import tracking
+
     project = Path(project).resolve()
     if not (project / "MLproject").is_file():
         raise ConfigError(
@@ -69,6 +90,15 @@ def demo(*, project: Path, workdir: Path, env_manager: str | None, keep: bool) -
 def release(*, project: Path, policy_path: Path, tracking_uri: str, reports: Path,
             env_manager: str | None) -> list[tuple[str, int]]:  # fmt: skip
     """What a merge to main runs: train, gate, register, promote, verify the audit trail."""
+    from mlflow_ci.checks.smoke import load_project_policy
+    from mlflow_ci.checks.train import train_run
+    from mlflow_ci.release.audit import audit_command
+    from mlflow_ci.release.gates import gate_command
+    from mlflow_ci.release.promotion import promote
+    from mlflow_ci.release.register import register_command
+    from mlflow_ci.serving.deploy import deploy_command
+    from mlflow_ci.serving.servecheck import serve_check_command
+
     policy = load_project_policy(project, policy_path, {}).policy
     ran = train_run(project=project, policy=policy, tracking_uri=tracking_uri, env_manager=env_manager)
     run_id = str(ran.run_id)

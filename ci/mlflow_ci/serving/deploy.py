@@ -29,7 +29,7 @@ from mlflow_ci.config import Deploy, load_command_policy
 from mlflow_ci.core import output
 from mlflow_ci.core.errors import CheckFailed, ConfigError, MlflowCiError
 from mlflow_ci.core.fsutil import atomic_write_json
-from mlflow_ci.core.output import finish
+from mlflow_ci.core.output import emit_json, finish
 from mlflow_ci.core.report import Report, check
 from mlflow_ci.mlflowio.modelref import fetch, resolve
 from mlflow_ci.mlflowio.registry import Connection, aliases, connect, get_version
@@ -242,6 +242,6 @@ def undeploy_command(
     state_file.unlink()
     shutil.rmtree(state_file.parent / chosen.name, ignore_errors=True)
     if as_json:
-        print(json.dumps({"model": name, "target": chosen.name, "stopped": state}, indent=2, default=str))
+        emit_json({"model": name, "target": chosen.name, "stopped": state})
     output.info(f"stopped {name} v{state.get('version')} at {state.get('url')} ({chosen.name}).")
     return 0

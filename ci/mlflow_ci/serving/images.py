@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import os
 import re
 import tempfile
@@ -34,6 +33,7 @@ from mlflow_ci import __version__
 from mlflow_ci.config import ImageSettings
 from mlflow_ci.core import output
 from mlflow_ci.core.errors import ConfigError, InfraError
+from mlflow_ci.core.output import emit_json
 from mlflow_ci.mlflowio.modelref import LocalModel, ModelRef, fetch, resolve
 
 CACHE_REPO = "mlflow-ci-build-cache"
@@ -418,7 +418,7 @@ def build_image_command(
     output.set_output("tags", ",".join(built.tags))
     output.write_step_summary(_summary(built))
     if as_json:
-        print(json.dumps(built.to_dict(), indent=2, default=str))
+        emit_json(built.to_dict())
     else:
         output.info(
             f"image {built.ref}\n  id      {built.image_id}\n  tags    {', '.join(built.tags)}\n"

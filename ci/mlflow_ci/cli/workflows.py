@@ -1,0 +1,98 @@
+"""Commands for GitHub workflows: the sticky PR comment (``pr-comment``) and the checks of a
+workflow's outputs (``expect``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from mlflow_ci.cli.app import EPILOG, _handle, _parse_params, cli, json_option, tracking_option
+
+
+@cli.command("pr-comment", epilog=EPILOG)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder holding <kind>.md (e.g. the downloaded report artifact).",
+)
+@click.option(
+    "--kind",
+    default="smoke",
+    show_default=True,
+    help="Report kind: reads <kind>.md; owns the comment marked <!-- mlflow-ci:<kind> -->.",
+)
+@click.option("--pr", type=int, required=True, help="Pull request number.")
+@click.option(
+    "--repo",
+    envvar="GITHUB_REPOSITORY",
+    default="",
+    show_envvar=True,
+    help="OWNER/NAME (default: $GITHUB_REPOSITORY).",
+)
+@click.option(
+    "--api-url",
+    envvar="GITHUB_API_URL",
+    default="https://api.github.com",
+    show_default=True,
+    show_envvar=True,
+    help="GitHub REST API root.",
+)
+@click.option("--run-url", default=None, help="Link used when the report is missing (the workflow run).")
+@json_option
+@_handle
+def pr_comment(
+    *, report_dir: Path, kind: str, pr: int, repo: str, api_url: str, run_url: str | None, as_json: bool
+) -> int:
+    """Post the report as ONE pull-request comment, updated in place on every run.
+
+    The token comes from $GITHUB_TOKEN only (never a flag, so it stays out of process lists).
+    """
+    from mlflow_ci.workflows.comment import pr_comment as post
+
+    token = os.environ.get("GITHUB_TOKEN", "")
+    return post(
+        report_dir=report_dir, kind=kind, pr=pr, repo=repo, token=token, api_url=api_url,
+        run_url=run_url, as_json=as_json,
+    )  # fmt: skip
+
+
+@cli.command("expect", epilog=EPILOG)
+@click.option("--verdict", default=None, help="The verdict output of a workflow that ran mlflow-ci.")
+@click.option("--run-id", default="", help="The run_id output of that workflow.")
+@click.option("--want", type=click.Choice(["pass", "fail"]), default="pass", show_default=True)
+@click.option("--model", default=None, help="Registered model whose aliases --alias checks.")
+@click.option(
+    "--alias",
+    "alias_pairs",
+    multiple=True,
+    metavar="ALIAS=VERSION",
+    help="Expect MODEL@ALIAS to be VERSION in the registry (repeatable; needs --model).",
+)
+@tracking_option
+@_handle
+def expect(
+    *,
+    verdict: str | None,
+    run_id: str,
+    want: str,
+    model: str | None,
+    alias_pairs: tuple[str, ...],
+    tracking_uri: str | None,
+) -> int:
+    """Exit 1 unless a workflow's outputs say the checks ended as wanted (a pass needs a run id),
+    and, with --alias, unless the registry holds the versions the outputs name."""
+    from mlflow_ci.workflows.comment import expect_aliases, expect_outputs
+
+    if verdict is None and not alias_pairs:
+        raise click.UsageError("Nothing to expect: pass --verdict, or --model with --alias.")
+    if alias_pairs and not model:
+        raise click.UsageError("--alias needs --model.")
+    wanted = _parse_params(alias_pairs, param_hint="--alias")
+    if verdict is not None:
+        expect_outputs(verdict=verdict, run_id=run_id, want=want)
+    if wanted:
+        expect_aliases(model=str(model), wanted=wanted, tracking_uri=tracking_uri)
+    return 0
