@@ -58,11 +58,125 @@ def find_policy(project_dir: Path | str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def _compose(text: str, path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
-    """Parse YAML and record the 1-based line of every key path."""
+# A policy is a few hundred lines; anything far larger is a mistake or an attack, refused before
+# it is read. YAML aliases let a few lines stand for billions of nodes ("billion laughs"): the
+# document is measured as if every alias were expanded, and refused past the bound, before any
+# of it is walked or validated.
+MAX_POLICY_BYTES = 1 << 20
+MAX_EXPANDED_NODES = 20_000
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _PolicyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key written twice in one mapping (YAML says keys are
+    unique; PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(key, first=seen[key], again=line)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, *, first: int, again: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.again = key, first, again
+
+
+def read_policy_text(path: Path) -> str:
+    """The file's text, refused (with the reason and where) when it is too large or not UTF-8."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_POLICY_BYTES:
+                raise PolicyError(
+                    f"{path}:1: the policy file is {size:,} bytes; a policy may be at most "
+                    f"{MAX_POLICY_BYTES:,} bytes. Is this the right file?"
+                )
+            raw = fh.read(MAX_POLICY_BYTES + 1)
+    except OSError as exc:
+        raise PolicyError(f"{path}: the policy file cannot be read ({exc.strerror or exc}).") from None
+    if len(raw) > MAX_POLICY_BYTES:  # grew while read, or a special file that reports no size
+        raise PolicyError(
+            f"{path}:1: the policy file is over {MAX_POLICY_BYTES:,} bytes; is this the right file?"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise PolicyError(
+            f"{path}:{line}: the policy file is not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}). "
+            "Save it as UTF-8."
+        ) from None
+
+
+def _first_too_large(root: yaml.Node, path: Path | str) -> yaml.Node | None:
+    """The innermost node that, with every alias expanded, holds more than
+    :data:`MAX_EXPANDED_NODES` nodes (measured without expanding anything), or None; a
+    recursive alias (a node that contains itself) is refused."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    too_large: list[yaml.Node] = []
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in on_path:
+            raise PolicyError(
+                f"{path}:{node.start_mark.line + 1}: a YAML alias refers to a node that contains it "
+                "(a recursive alias); write the values out."
+            )
+        on_path.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        on_path.discard(key)
+        if total > MAX_EXPANDED_NODES and not too_large:
+            too_large.append(node)
+        sizes[key] = min(total, MAX_EXPANDED_NODES + 1)
+        return sizes[key]
+
+    size(root)
+    return too_large[0] if too_large else None
+
+
+def _compose(text: str, path: Path | str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """Parse YAML once and record the 1-based line of every key path.
+
+    Refused, each with the file and line: invalid YAML, a key written twice in one mapping,
+    aliases that expand past :data:`MAX_EXPANDED_NODES` nodes, a recursive alias.
+    """
+    loader = None
+    try:
+        loader = _PolicyLoader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        bomb = _first_too_large(node, path)
+        if bomb is not None:
+            raise PolicyError(
+                f"{path}:{bomb.start_mark.line + 1}: the policy's YAML aliases expand to more than "
+                f"{MAX_EXPANDED_NODES:,} values; a policy needs far fewer. Write the values out "
+                "instead of nesting aliases."
+            )
+        data = loader.construct_document(node)
+    except _DuplicateKey as dup:
+        raise PolicyError(
+            f"{path}:{dup.again}: key {dup.key!r} is written twice in the same mapping (first at line "
+            f"{dup.first}); YAML keys must be unique. Keep one."
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f"{mark.line + 1}" if mark else "?"
@@ -71,8 +185,17 @@ def _compose(text: str, path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
             + (f" ({exc.context})" if exc.context else "")
             + ". Fix the syntax (indentation, quotes, a missing colon) and try again."
         ) from None
-    except yaml.YAMLError as exc:
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        code = ord(exc.character) if isinstance(exc.character, str) else exc.character
+        raise PolicyError(
+            f"{path}:{line}: not valid YAML: the control character U+{code:04X} is not allowed in a YAML file."
+        ) from None
+    except (yaml.YAMLError, RecursionError) as exc:
         raise PolicyError(f"{path}: not valid YAML: {exc}.") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     lines: dict[tuple[str, ...], int] = {}
 
     def walk(n: Any, prefix: tuple[str, ...]) -> None:
@@ -87,8 +210,7 @@ def _compose(text: str, path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
                 lines[key] = v.start_mark.line + 1
                 walk(v, key)
 
-    if node is not None:
-        walk(node, ())
+    walk(node, ())
     return data, lines
 
 
@@ -173,8 +295,8 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
             continue
         dotted = ".".join(p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p)
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
+            value, _ = _compose(raw, f"${name}")
+        except PolicyError:
             value = raw
         out[dotted] = (value, f"env {name}")
     return out
@@ -196,12 +318,14 @@ def load_policy(
     if path is not None:
         path = Path(path)
         shown_path = path
+        if path.is_dir():
+            raise PolicyError(f"{path}: is a folder; give the policy file ({POLICY_FILENAME}) itself.")
         if not path.is_file():
             raise PolicyError(
                 f"{path}: policy file not found.",
                 hint=f"Create {POLICY_FILENAME} in the project (see the README's policy reference).",
             )
-        raw, lines = _compose(path.read_text(encoding="utf-8"), path)
+        raw, lines = _compose(read_policy_text(path), path)
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
