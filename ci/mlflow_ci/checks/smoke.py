@@ -53,6 +53,7 @@ def smoke(
     loaded = load_project_policy(project, policy_path, {"smoke.env_manager": env_manager})
     policy = loaded.policy
     report_dir = Path(report_dir) if report_dir else project / "reports" / "mlflow-ci"
+    preflight(project, policy)
     with tempfile.TemporaryDirectory(prefix="mlflow-ci-smoke-") as tmp:
         base = Path(workdir) if workdir else Path(tmp)
         output.info(
@@ -63,6 +64,16 @@ def smoke(
                 project=project, policy=policy, tracking_uri=uri, params=params or {}, scratch=Path(tmp)
             )
     return finish(report, report_dir=report_dir, as_json=as_json)
+
+
+def preflight(project: Path, policy: Policy) -> None:
+    """Before anything starts: the env managers' tools are there, and the interpreter
+    python_env.yaml asks for can be had (exit 3 with one sentence if not)."""
+    settings = policy.smoke
+    manager = envmanagers.get(settings.env_manager)
+    manager.preflight()
+    envmanagers.get(settings.predict_env_manager or settings.env_manager).preflight()
+    manager.ensure_python(project, proc.base_env())
 
 
 def run_smoke(
