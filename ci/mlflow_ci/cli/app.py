@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 import click
 
 from mlflow_ci import __version__
-from mlflow_ci.core import output
-from mlflow_ci.core.errors import EXIT_BUG, EXIT_CODES, EXIT_CONFIG, EXIT_INTERRUPTED, MlflowCiError
+from mlflow_ci.core import output, signals
+from mlflow_ci.core.errors import EXIT_BUG, EXIT_CODES, EXIT_CONFIG, EXIT_INTERRUPTED, MlflowCiError, Stopped
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,6 +41,9 @@ def _handle(fn: F) -> F:
             code = fn(*args, **kwargs)
         except MlflowCiError as exc:
             output.error(str(exc), title=type(exc).__name__)
+            sys.exit(exc.exit_code)
+        except Stopped as exc:
+            output.error(f"stopped by {exc.name}; what this command started has been stopped")
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             output.error("interrupted")
@@ -109,7 +112,8 @@ def _parse_params(items: tuple[str, ...], param_hint: str = "-P/--param") -> dic
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cli.main(args=argv, prog_name="mlflow-ci", standalone_mode=True)
+        with signals.stop_on_signals():
+            cli.main(args=argv, prog_name="mlflow-ci", standalone_mode=True)
     except SystemExit as exc:
         code = exc.code
         if code is None:

@@ -12,7 +12,9 @@ EXIT_CHECK_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_INFRA = 3
 EXIT_BUG = 4
+EXIT_HANGUP = 129
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "every check passed",
@@ -20,7 +22,9 @@ EXIT_CODES: dict[int, str] = {
     EXIT_CONFIG: "usage or configuration error (bad flag, invalid mlflow-ci.yaml)",
     EXIT_INFRA: "infrastructure error (tracking server unreachable, process or engine failure)",
     EXIT_BUG: "internal error in mlflow-ci (a bug: the traceback is in the log file named)",
+    EXIT_HANGUP: "stopped by SIGHUP (the terminal closed)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_TERMINATED: "stopped by SIGTERM (a cancelled CI job, `timeout`, a container stop)",
 }
 
 
@@ -75,3 +79,15 @@ class CommandFailed(InfraError):
 
 class ConcurrentChange(CheckFailed):
     """Another registry change won a race; ours was not applied."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread as Ctrl-C raises KeyboardInterrupt, so that
+    every ``finally`` and context manager stops what it started (servers, entry points, workers,
+    deployments) on the way out. The exit code is 128 + the signal's number, as a shell reports it."""
+
+    def __init__(self, signum: int, name: str) -> None:
+        super().__init__(name)
+        self.signum = signum
+        self.name = name
+        self.exit_code = 128 + signum

@@ -85,52 +85,87 @@ def deploy_command(
     state_file = state_path(settings, name, chosen.name)
     _stop_recorded(chosen, state_file, report)
 
-    deployment, passed = _deploy_version(
-        conn, name, version, alias, chosen, settings, report, workdir=state_file.parent / chosen.name,
-        base_dir=base_dir, env=env,
-    )  # fmt: skip
-    outcome: dict[str, Any] = {"model": name, "alias": alias, "target": chosen.name, "version": version}
-    if not passed:
+    deployment: Deployment | None = None
+    recorded = False
+    try:
+        deployment, outcome = _deploy_with_rollback(
+            conn, name, version, alias, chosen, settings, report, loaded.path, report_dir, env,
+            workdir=state_file.parent / chosen.name, base_dir=base_dir,
+        )  # fmt: skip
         if deployment is not None:
+            outcome["url"] = deployment.url
+            if keep:
+                atomic_write_json(
+                    state_file, {**deployment.to_dict(), "version": outcome["version"], "alias": alias}
+                )
+                recorded = True
+                report.notes.append(
+                    f"Serving v{outcome['version']} at {deployment.url}; stop it with "
+                    f"`mlflow-ci undeploy {name} --target {chosen.name}`."
+                )
+                outcome["state"] = str(state_file)
+            else:
+                chosen.stop(deployment)
+                shutil.rmtree(state_file.parent / chosen.name, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    state_file.parent.rmdir()  # only when empty: another target's record stays
+                report.notes.append(f"Stopped v{outcome['version']} after the check (--stop).")
+    except BaseException:
+        # Ctrl-C, SIGTERM or SIGHUP before the deployment was recorded: nothing could find it
+        # again (undeploy reads the record), so it is stopped on the way out.
+        if deployment is not None and not recorded:
             chosen.stop(deployment)
-        deployment = None
-        outcome["failed_version"] = version
-        if settings.rollback_on_failure:
-            previous = _roll_back(conn, name, version, alias, chosen, report, loaded.path, report_dir, env)
-            if previous is not None:
-                outcome["version"] = previous
-                outcome["rolled_back_to"] = previous
-                deployment, passed_previous = _deploy_version(
-                    conn, name, previous, alias, chosen, settings, report,
-                    workdir=state_file.parent / chosen.name, base_dir=base_dir, env=env, rollback=True,
-                )  # fmt: skip
-                if not passed_previous and deployment is not None:
-                    chosen.stop(deployment)
-                    deployment = None
-        else:
-            report.notes.append("deploy.rollback_on_failure is off: the alias was left where it is.")
-    if deployment is not None:
-        outcome["url"] = deployment.url
-        if keep:
-            atomic_write_json(
-                state_file, {**deployment.to_dict(), "version": outcome["version"], "alias": alias}
-            )
-            report.notes.append(
-                f"Serving v{outcome['version']} at {deployment.url}; stop it with "
-                f"`mlflow-ci undeploy {name} --target {chosen.name}`."
-            )
-            outcome["state"] = str(state_file)
-        else:
-            chosen.stop(deployment)
-            shutil.rmtree(state_file.parent / chosen.name, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                state_file.parent.rmdir()  # only when empty: another target's record stays
-            report.notes.append(f"Stopped v{outcome['version']} after the check (--stop).")
+        raise
     report.data.update(outcome)
     output.set_output("url", str(outcome.get("url", "")))
     output.set_output("deployed_version", str(outcome["version"]) if deployment is not None else "")
     output.set_output("rolled_back", "true" if "rolled_back_to" in outcome else "false")
     return finish(report, report_dir=report_dir, as_json=as_json)
+
+
+def _deploy_with_rollback(
+    conn: Connection,
+    name: str,
+    version: str,
+    alias: str,
+    chosen: DeployTarget,
+    settings: Deploy,
+    report: Report,
+    policy_file: Path | None,
+    report_dir: Path,
+    env: Mapping[str, str],
+    *,
+    workdir: Path,
+    base_dir: Path,
+) -> tuple[Deployment | None, dict[str, Any]]:
+    """Deploy ``version`` and check it; on a failed check stop it and, as the policy says, roll
+    the alias back and deploy the previous version. Returns what serves (None when nothing does,
+    not yet recorded) and the outcome."""
+    deployment, passed = _deploy_version(
+        conn, name, version, alias, chosen, settings, report, workdir=workdir, base_dir=base_dir, env=env
+    )
+    outcome: dict[str, Any] = {"model": name, "alias": alias, "target": chosen.name, "version": version}
+    if passed:
+        return deployment, outcome
+    if deployment is not None:
+        chosen.stop(deployment)
+    outcome["failed_version"] = version
+    if not settings.rollback_on_failure:
+        report.notes.append("deploy.rollback_on_failure is off: the alias was left where it is.")
+        return None, outcome
+    previous = _roll_back(conn, name, version, alias, chosen, report, policy_file, report_dir, env)
+    if previous is None:
+        return None, outcome
+    outcome["version"] = previous
+    outcome["rolled_back_to"] = previous
+    deployment, passed_previous = _deploy_version(
+        conn, name, previous, alias, chosen, settings, report, workdir=workdir, base_dir=base_dir, env=env,
+        rollback=True,
+    )  # fmt: skip
+    if not passed_previous and deployment is not None:
+        chosen.stop(deployment)
+        deployment = None
+    return deployment, outcome
 
 
 def _deploy_version(
@@ -164,11 +199,15 @@ def _deploy_version(
     if deployment is not None:
         started = deployment
         part.add(check(f"{prefix}start on {chosen.name}", True, expected="started", found=started.subject))
-        run_checks(
-            started.url, local, settings.check, report=part, scratch=workdir / "check", base_dir=base_dir,
-            alive=lambda: chosen.alive(started), logs=lambda: chosen.logs(started), prefix=prefix,
-        )  # fmt: skip
-        record_verdict(ref, part, f"{chosen.name}: {started.subject}")
+        try:
+            run_checks(
+                started.url, local, settings.check, report=part, scratch=workdir / "check", base_dir=base_dir,
+                alive=lambda: chosen.alive(started), logs=lambda: chosen.logs(started), prefix=prefix,
+            )  # fmt: skip
+            record_verdict(ref, part, f"{chosen.name}: {started.subject}")
+        except BaseException:  # interrupted during the check: the caller never sees this deployment
+            chosen.stop(started)
+            raise
     report.checks.extend(part.checks)
     report.output_tail = part.output_tail or report.output_tail
     report.data.setdefault("checks_by_version", {})[version] = part.data
