@@ -120,7 +120,9 @@ def server_config_cmd(out: Path, policy_path: Path | None, as_json: bool) -> int
 
 
 @server.command("doctor", epilog=EPILOG)
-@click.option("--url", "tracking_uri", default=None,
+# Named --url first (as before) and --tracking-uri as every other command names the server; no
+# $MLFLOW_TRACKING_URI default: without a URL the doctor checks the plan only.
+@click.option("--url", "--tracking-uri", "tracking_uri", default=None,
               help="A running server to probe directly (e.g. http://127.0.0.1:5000); omit to check the plan only.")  # fmt: skip
 @backend_option
 @artifacts_option

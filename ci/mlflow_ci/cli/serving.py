@@ -112,10 +112,17 @@ def deploy(model: str | None, deploy_target: str | None, alias: str | None, keep
 @click.argument("model", required=False)
 @target_option
 @policy_option
+@tracking_option
 @json_option
 @_handle
-def undeploy(model: str | None, deploy_target: str | None, policy_path: Path | None, as_json: bool) -> int:
-    """Stop the deployment of MODEL that `mlflow-ci deploy` left running."""
+def undeploy(model: str | None, deploy_target: str | None, policy_path: Path | None, tracking_uri: str | None,
+             as_json: bool) -> int:  # fmt: skip
+    """Stop the deployment of MODEL that `mlflow-ci deploy` left running.
+
+    Deployments are recorded per tracking server: without --tracking-uri (or $MLFLOW_TRACKING_URI)
+    the model's only recorded deployment is stopped.
+    """
     from mlflow_ci.serving.deploy import undeploy_command
 
-    return undeploy_command(model=model, target=deploy_target, policy_path=policy_path, as_json=as_json)
+    return undeploy_command(model=model, target=deploy_target, policy_path=policy_path,
+                            tracking_uri=tracking_uri, as_json=as_json)  # fmt: skip

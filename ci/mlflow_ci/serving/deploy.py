@@ -9,7 +9,8 @@
    previous version through :func:`mlflow_ci.release.rollback.rollback` (audited, with the failing checks
    as the reason) and deploy and check that version instead.
 
-A deployment is kept running by default and recorded in ``deploy.state_dir``;
+A deployment is kept running by default and recorded in ``deploy.state_dir``, under the tracking
+server and the model (two servers may each have a model of the same name);
 ``mlflow-ci undeploy`` stops it.  Exit 0 when the version at the alias serves and passed, 1 when
 it failed (whether or not the rollback worked: the report says).
 """
@@ -17,6 +18,7 @@ it failed (whether or not the rollback worked: the report says).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -24,12 +26,14 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mlflow_ci.config import Deploy, load_command_policy
 from mlflow_ci.core import output
 from mlflow_ci.core.errors import CheckFailed, ConfigError, MlflowCiError
 from mlflow_ci.core.fsutil import atomic_write_json
 from mlflow_ci.core.output import emit_json, finish
+from mlflow_ci.core.redact import redact
 from mlflow_ci.core.report import Report, check
 from mlflow_ci.mlflowio.modelref import fetch, resolve
 from mlflow_ci.mlflowio.registry import Connection, aliases, connect, get_version
@@ -42,8 +46,34 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-.") or "model"
 
 
-def state_path(settings: Deploy, model: str, target: str) -> Path:
+def server_key(tracking_uri: str) -> str:
+    """A folder name for a tracking server: readable (host and port) and unique (a hash of the
+    URI without its credentials)."""
+    uri = redact(tracking_uri).rstrip("/")
+    parts = urlsplit(uri)
+    readable = f"{parts.hostname or parts.scheme or 'server'}_{parts.port or ''}{parts.path}"
+    readable = re.sub(r"[^A-Za-z0-9.-]+", "_", readable).strip("_.")[:60] or "server"
+    return f"{readable}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
+
+
+def state_path(settings: Deploy, tracking_uri: str, model: str, target: str) -> Path:
+    """Where a kept deployment of ``model`` from this tracking server to ``target`` is recorded."""
+    return Path(settings.state_dir) / server_key(tracking_uri) / _slug(model) / f"{target}.json"
+
+
+def _legacy_state_path(settings: Deploy, model: str, target: str) -> Path:
+    """Where releases before 2026-12-08 recorded it: keyed by the model alone."""
     return Path(settings.state_dir) / _slug(model) / f"{target}.json"
+
+
+def _records(settings: Deploy, tracking_uri: str | None, model: str, target: str) -> list[Path]:
+    """The records of ``model`` on ``target``: from this server (and the legacy one), or, with no
+    server named, from every server."""
+    if tracking_uri:
+        found = [state_path(settings, tracking_uri, model, target)]
+    else:
+        found = sorted(Path(settings.state_dir).glob(f"*/{_slug(model)}/{target}.json"))
+    return [path for path in [*found, _legacy_state_path(settings, model, target)] if path.is_file()]
 
 
 def deploy_command(
@@ -82,8 +112,9 @@ def deploy_command(
     )
     report.run_url = conn.version_url(name, version)
     report.run_id = get_version(conn, name, version).run_id
-    state_file = state_path(settings, name, chosen.name)
-    _stop_recorded(chosen, state_file, report)
+    state_file = state_path(settings, conn.server, name, chosen.name)
+    for earlier in _records(settings, conn.server, name, chosen.name):
+        _stop_recorded(chosen, earlier, report)
 
     deployment: Deployment | None = None
     recorded = False
@@ -96,7 +127,13 @@ def deploy_command(
             outcome["url"] = deployment.url
             if keep:
                 atomic_write_json(
-                    state_file, {**deployment.to_dict(), "version": outcome["version"], "alias": alias}
+                    state_file,
+                    {
+                        **deployment.to_dict(),
+                        "version": outcome["version"],
+                        "alias": alias,
+                        "tracking_uri": redact(conn.server),
+                    },
                 )
                 recorded = True
                 report.notes.append(
@@ -263,24 +300,49 @@ def _stop_recorded(chosen: DeployTarget, state_file: Path, report: Report) -> No
 
 
 def undeploy_command(
-    *, model: str | None, target: str | None = None, policy_path: Path | None = None, as_json: bool = False
+    *,
+    model: str | None,
+    target: str | None = None,
+    policy_path: Path | None = None,
+    tracking_uri: str | None = None,
+    as_json: bool = False,
 ) -> int:
-    """Stop a deployment kept by ``mlflow-ci deploy``."""
+    """Stop a deployment kept by ``mlflow-ci deploy``: the one from ``tracking_uri``'s model, or,
+    with no server named, the only one of that model name."""
     loaded = load_command_policy(
         policy_path, overrides={"deploy.target": target}, project_default=model or "mlflow-ci"
     )
     policy = loaded.policy
     name = model or policy.registry.model_name or policy.project
     chosen = deploy_targets.get(policy.deploy.target)
-    state_file = state_path(policy.deploy, name, chosen.name)
-    if not state_file.is_file():
-        raise ConfigError(f"Nothing of {name!r} is deployed to {chosen.name} (no {state_file}).")
-    state = json.loads(state_file.read_text(encoding="utf-8"))
-    fields = {k: state[k] for k in ("target", "url", "subject", "handle", "model", "started") if k in state}
-    chosen.stop(Deployment.from_dict(fields))
-    state_file.unlink()
-    shutil.rmtree(state_file.parent / chosen.name, ignore_errors=True)
+    records = _records(policy.deploy, tracking_uri, name, chosen.name)
+    if not records:
+        where = f" from {redact(tracking_uri)}" if tracking_uri else ""
+        raise ConfigError(
+            f"Nothing of {name!r}{where} is deployed to {chosen.name} (no record under {policy.deploy.state_dir})."
+        )
+    if len(records) > 1 and not tracking_uri:
+        servers = ", ".join(
+            json.loads(path.read_text(encoding="utf-8")).get("tracking_uri", "(recorded before 2026-12-08)")
+            for path in records
+        )
+        raise ConfigError(
+            f"{name!r} is deployed to {chosen.name} from {len(records)} tracking servers ({servers}); "
+            "pass --tracking-uri to say which one to stop."
+        )
+    stopped = []
+    for state_file in records:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        fields = {
+            k: state[k] for k in ("target", "url", "subject", "handle", "model", "started") if k in state
+        }
+        chosen.stop(Deployment.from_dict(fields))
+        state_file.unlink()
+        shutil.rmtree(state_file.parent / chosen.name, ignore_errors=True)
+        output.info(f"stopped {name} v{state.get('version')} at {state.get('url')} ({chosen.name}).")
+        stopped.append(state)
     if as_json:
-        emit_json({"model": name, "target": chosen.name, "stopped": state})
-    output.info(f"stopped {name} v{state.get('version')} at {state.get('url')} ({chosen.name}).")
+        emit_json(
+            {"model": name, "target": chosen.name, "stopped": stopped[0] if len(stopped) == 1 else stopped}
+        )
     return 0
