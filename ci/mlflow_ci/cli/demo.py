@@ -81,6 +81,11 @@ def run_demo(*, project: Path, workdir: Path, env_manager: str | None, keep: boo
     failed = [name for name, code in steps if code != 0]
     lines = [f"  {'ok ' if code == 0 else 'FAIL'} {name}" for name, code in steps]
     click.echo("\n".join(["", "Demo summary:", *lines]))
+    table = [f"| {name} | {'✅ ok' if code == 0 else f'❌ exit {code}'} |" for name, code in steps]
+    output.write_step_summary("\n".join([
+        f"## mlflow-ci demo: {'FAILED at ' + failed[0] if failed else 'passed'}", "", "| step | result |",
+        "|---|---|", *table,
+    ]))  # fmt: skip
     click.echo(f"\nDemo {'FAILED at ' + failed[0] if failed else 'passed'}. Reports: {reports} "
                f"(smoke, gate, promote, serve-check, deploy: .md/.json/.html); server data: "
                f"{workdir / 'server'}")  # fmt: skip
