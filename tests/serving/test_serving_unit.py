@@ -320,3 +320,12 @@ def test_the_policys_deploy_target_names_are_the_target_table() -> None:
     from mlflow_ci.serving.targets import TARGETS
 
     assert sorted(TARGET_NAMES) == sorted(TARGETS)
+
+
+def test_percentiles_interpolate_between_ranks() -> None:
+    from mlflow_ci.serving.loadtest import LoadResult
+
+    result = LoadResult(requested=100, concurrency=1, max_seconds=1, sent=100, ok=100, wall_seconds=1,
+                        stopped_by_time=False, statuses={"200": 100}, latencies_ms=[float(v) for v in range(100, 0, -1)])  # fmt: skip
+    assert [result.percentile(q) for q in (50, 95, 99)] == pytest.approx([50.5, 95.05, 99.01])
+    assert LoadResult(**{**result.__dict__, "latencies_ms": []}).percentile(50) is None

@@ -50,14 +50,13 @@ class LoadResult:
         return self.ok / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
     def percentile(self, q: float) -> float | None:
-        """The ``q``-th percentile (0-100) of successful requests' latency, linear interpolation."""
+        """The ``q``-th percentile (0-100) of successful requests' latency (numpy's default,
+        linear interpolation between the closest ranks)."""
         if not self.latencies_ms:
             return None
-        data = sorted(self.latencies_ms)
-        pos = (len(data) - 1) * q / 100
-        low = int(pos)
-        high = min(low + 1, len(data) - 1)
-        return data[low] + (data[high] - data[low]) * (pos - low)
+        import numpy as np
+
+        return float(np.percentile(self.latencies_ms, q))
 
     def summary(self) -> dict[str, Any]:
         out = asdict(self)
