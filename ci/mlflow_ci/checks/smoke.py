@@ -19,6 +19,7 @@ from mlflow_ci.checks.projectrun import ProjectRun, param_value, run_project
 from mlflow_ci.config import LoadedPolicy, Policy, find_policy, load_policy
 from mlflow_ci.core import output, proc
 from mlflow_ci.core.errors import ConfigError, PolicyError
+from mlflow_ci.core.fsutil import writable_folder
 from mlflow_ci.core.output import finish
 from mlflow_ci.core.report import Check, Report, check
 from mlflow_ci.mlflowio import envmanagers, reproducibility, tracking
@@ -52,7 +53,7 @@ def smoke(
         raise ConfigError(f"{project} is not an MLflow Project: it has no MLproject file.")
     loaded = load_project_policy(project, policy_path, {"smoke.env_manager": env_manager})
     policy = loaded.policy
-    report_dir = Path(report_dir) if report_dir else project / "reports" / "mlflow-ci"
+    report_dir = writable_folder(Path(report_dir) if report_dir else project / "reports" / "mlflow-ci")
     preflight(project, policy)
     with tempfile.TemporaryDirectory(prefix="mlflow-ci-smoke-") as tmp:
         base = Path(workdir) if workdir else Path(tmp)

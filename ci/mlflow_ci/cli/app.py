@@ -26,6 +26,7 @@ import click
 from mlflow_ci import __version__
 from mlflow_ci.core import output, signals
 from mlflow_ci.core.errors import EXIT_BUG, EXIT_CODES, EXIT_CONFIG, EXIT_INTERRUPTED, MlflowCiError, Stopped
+from mlflow_ci.core.fsutil import writable_folder
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -83,8 +84,20 @@ policy_option = click.option(
     default=None,
     help="Policy file (default: <project>/mlflow-ci.yaml).",
 )
+
+
+def writable_report_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """``--report-dir`` is created and proven writable while the flags are parsed, before any work."""
+    if value is None:
+        return None
+    try:
+        return writable_folder(value)
+    except MlflowCiError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
 report_dir_option = click.option(
-    "--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None, callback=writable_report_dir,
     help="Where to write the report files (default: reports/mlflow-ci).",
 )  # fmt: skip
 

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from mlflow_ci.cli.app import EPILOG, _handle, _parse_params, cli, json_option, policy_option, tracking_option
+from mlflow_ci.cli.app import (
+    EPILOG,
+    _handle,
+    _parse_params,
+    cli,
+    json_option,
+    policy_option,
+    tracking_option,
+    writable_report_dir,
+)
 
 
 @cli.command(epilog=EPILOG)
@@ -24,6 +33,7 @@ from mlflow_ci.cli.app import EPILOG, _handle, _parse_params, cli, json_option, 
     "--report-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
+    callback=writable_report_dir,
     help="Where to write smoke.json/.md/.html (default: <project>/reports/mlflow-ci).",
 )
 @click.option(
@@ -77,7 +87,12 @@ def smoke(
 @policy_option
 @tracking_option
 @click.option("--max-runs", type=int, default=1000, show_default=True, help="Check at most this many runs.")
-@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    callback=writable_report_dir,
+)
 @json_option
 @_handle
 def conventions(

@@ -22,7 +22,7 @@ from mlflow_ci.cli.app import (
 @policy_option
 @tracking_option
 @click.option("--model", "model", default=None, help="Registered model name (default: registry.model_name).")
-@click.option("--eval-data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--eval-data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Evaluation set (CSV/Parquet) for gates with confidence; overrides gates.evaluation.data.")  # fmt: skip
 @click.option(
     "--baseline-run", default=None, help="Compare with this pinned run instead of the policy's baseline."

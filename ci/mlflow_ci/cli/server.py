@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from mlflow_ci.cli.app import EPILOG, _handle, cli, json_option, policy_option, tracking_option
+from mlflow_ci.cli.app import (
+    EPILOG,
+    _handle,
+    cli,
+    json_option,
+    policy_option,
+    tracking_option,
+    writable_report_dir,
+)
 from mlflow_ci.core import output
 from mlflow_ci.core.output import emit_json
 
@@ -127,7 +135,12 @@ def server_config_cmd(out: Path, policy_path: Path | None, as_json: bool) -> int
 @backend_option
 @artifacts_option
 @click.option("--model-size-mb", type=float, default=None, help="Largest model you expect to upload (MiB).")
-@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    callback=writable_report_dir,
+)
 @policy_option
 @json_option
 @_handle
@@ -205,7 +218,12 @@ def backup_cmd(backend_store_uri: str | None, artifacts_uri: str | None, auth_db
               "or the empty --backend-store-uri given), verified, then removed. Never the profile's stores.")  # fmt: skip
 @click.option("--no-server-check", "server_check", is_flag=True, flag_value=False, default=True,
               help="Skip reading the restore back through a started tracking server.")  # fmt: skip
-@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    callback=writable_report_dir,
+)
 @policy_option
 @json_option
 @_handle
@@ -231,7 +249,12 @@ def restore_cmd(source: str | None, backup_id: str | None, backend_store_uri: st
 @artifacts_option
 @click.option("--dry-run/--apply", default=True, show_default=True,
               help="List what would go (default) or soft-delete, then gc runs whose grace expired.")  # fmt: skip
-@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    callback=writable_report_dir,
+)
 @policy_option
 @json_option
 @_handle

@@ -40,3 +40,24 @@ def atomic_write_text(path: Path | str, text: str, *, encoding: str = "utf-8") -
 
 def atomic_write_json(path: Path | str, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def writable_folder(path: Path | str) -> Path:
+    """Create ``path`` (with its parents) when missing and prove that a file can be written in
+    it, so that a command refuses an unusable report folder before it does any work."""
+    import tempfile
+
+    from mlflow_ci.core.errors import ConfigError
+
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".mlflow-ci-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"{folder}: the report folder cannot be written ({exc.strerror or exc}); "
+            "give a folder this user can create and write in."
+        ) from None
+    return folder
