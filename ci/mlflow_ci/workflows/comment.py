@@ -1,4 +1,4 @@
-"""GitHub integration: one sticky pull-request comment per report kind, and workflow-output checks.
+"""The sticky pull-request comment: one per report kind, updated in place.
 
 The comment is found again by the hidden marker ``<!-- mlflow-ci:<kind> -->`` at the start of its
 body (see :data:`mlflow_ci.core.report.COMMENT_MARKER`), so every push to a pull request updates the
@@ -13,14 +13,13 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow_ci import __version__
 from mlflow_ci.core import output
-from mlflow_ci.core.errors import CheckFailed, ConfigError, InfraError
+from mlflow_ci.core.errors import ConfigError, InfraError
 from mlflow_ci.core.report import COMMENT_MARKER
 
 DEFAULT_API_URL = "https://api.github.com"
@@ -78,7 +77,7 @@ def pr_comment(
         data = api.request("PATCH", f"/repos/{repo}/issues/comments/{existing}", {"body": body})
         result = CommentResult("updated", int(data["id"]), str(data.get("html_url", "")))
     if as_json:
-        print(json.dumps({"action": result.action, "comment_id": result.comment_id, "url": result.url}))
+        output.emit_json({"action": result.action, "comment_id": result.comment_id, "url": result.url})
     output.info(
         f"{result.action} the mlflow-ci {kind} comment on {repo}#{pr}: {result.url or result.comment_id}"
     )
@@ -204,52 +203,3 @@ def _http_error(method: str, url: str, exc: urllib.error.HTTPError) -> InfraErro
     else:
         hint = "GitHub may be having trouble; re-run the job."
     return InfraError(message, hint=hint)
-
-
-# --------------------------------------------------------------------------------------------
-# Workflow outputs
-
-
-def expect_outputs(*, verdict: str, run_id: str, want: str = "pass") -> int:
-    """Check the outputs of a workflow that ran mlflow-ci: exit 0 when they say what was wanted.
-
-    A passing verdict must come with the MLflow run it is about: an empty run id means the checks
-    never reached a run, which no caller should read as a pass.
-    """
-    verdict, run_id = verdict.strip(), run_id.strip()
-    problems = []
-    if verdict != want:
-        problems.append(f"the verdict is {verdict or '(empty)'!r}, expected {want!r}")
-    if want == "pass" and not run_id:
-        problems.append("the run id is empty")
-    if problems:
-        raise CheckFailed(
-            "The workflow outputs are not as expected: " + "; ".join(problems) + ".",
-            hint="The called workflow's smoke job log and report artifact say why.",
-        )
-    output.info(f"workflow outputs as expected: verdict {verdict}, run id {run_id or '(none)'}")
-    return 0
-
-
-def expect_aliases(*, model: str, wanted: Mapping[str, str], tracking_uri: str | None) -> int:
-    """Check that ``model``'s aliases point at the versions a workflow's outputs name: exit 0 when
-    every ``alias -> version`` of ``wanted`` holds. An empty version (a missing output) never does."""
-    from mlflow_ci.mlflowio.registry import aliases_or_empty, connect
-
-    wanted = {alias: version.strip() for alias, version in wanted.items()}
-    actual = aliases_or_empty(connect(tracking_uri), model)  # a missing model has no aliases
-    problems = []
-    for alias, version in wanted.items():
-        found = actual.get(alias)
-        if not version:
-            problems.append(f"the expected version of @{alias} is empty (a missing workflow output?)")
-        elif found != version:
-            problems.append(f"@{alias} is {f'v{found}' if found else 'not set'}, expected v{version}")
-    if problems:
-        raise CheckFailed(
-            f"Model {model!r} in the registry is not as expected: " + "; ".join(problems) + ".",
-            hint=f"`mlflow-ci audit {model}` shows who moved what, and why.",
-        )
-    shown = ", ".join(f"@{alias} = v{version}" for alias, version in wanted.items())
-    output.info(f"registry as expected: model {model!r} {shown}")
-    return 0
