@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from mlflow_ci.config import Deploy
 from mlflow_ci.core import output, proc
 from mlflow_ci.core.errors import ConfigError, InfraError
+from mlflow_ci.core.poll import poll
 from mlflow_ci.mlflowio.modelref import LocalModel, ModelRef
 from mlflow_ci.mlflowio.tracking import free_port
 
@@ -218,14 +219,13 @@ class DockerContainer:
             raise InfraError(
                 f"The engine could not start a container of {image}: {exc.explanation or exc}"
             ) from None
-        port = None
-        for _ in range(50):
+
+        def published() -> str | None:
             container.reload()
             bound = (container.ports or {}).get(CONTAINER_PORT) or []
-            if bound and bound[0].get("HostPort"):
-                port = bound[0]["HostPort"]
-                break
-            time.sleep(0.1)
+            return bound[0]["HostPort"] if bound and bound[0].get("HostPort") else None
+
+        port = poll(published, attempts=50, interval=0.1).value
         if port is None:
             container.remove(force=True)
             raise InfraError(f"The engine published no host port for {image}'s {CONTAINER_PORT}.")
