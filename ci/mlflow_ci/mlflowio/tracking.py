@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from mlflow_ci.core.poll import poll
 from mlflow_ci.core.redact import redact
 
 STATE_FILE = "server.json"
+# Seconds between SIGTERM and SIGKILL for a server `server down` stops.
+KILL_GRACE_S = 5.0
 DEFAULT_STARTUP_TIMEOUT = 60.0
 # MLflow's server retries a database it cannot connect to for about 100 s (10 attempts, doubling
 # waits) before it exits.  Its 6th attempt comes about 6 s after the first: by then the database
@@ -403,7 +404,7 @@ def up(
         state = json.loads(state_path.read_text())
         if check_health(str(state["url"])):
             return dict(state, reused=True)
-        _kill_pid_group(int(state["pid"]))
+        proc.stop_group(int(state["pid"]), grace=KILL_GRACE_S)
     server = TrackingServer(
         workdir,
         port=port,
@@ -430,28 +431,9 @@ def down(workdir: Path) -> dict[str, object]:
             f"No server state in {state_path}: nothing to stop (was `mlflow-ci server up` run there?)."
         )
     state = json.loads(state_path.read_text())
-    stopped = _kill_pid_group(int(state["pid"]))
+    stopped = proc.stop_group(int(state["pid"]), grace=KILL_GRACE_S)
     state_path.unlink()
     return dict(state, stopped=stopped)
-
-
-def _kill_pid_group(pid: int, grace: float = 5.0) -> bool:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return False
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    return True
 
 
 @contextlib.contextmanager
