@@ -93,7 +93,9 @@ def test_cli_server_up_and_down(tmp_path: Path) -> None:
         down = run_cli("server", "down", "--workdir", str(workdir))
     assert down.returncode == 0, down.stderr
     assert not check_health(state["url"])
-    assert not _group_alive(state["pid"])
+    # Nothing of it runs. Its leader, a child of the `up` process that has exited, may stay a
+    # zombie until the machine's init reaps it, which `down` does not wait for.
+    assert not _group_members(state["pid"])
     assert not (workdir / "server.json").exists()
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 from fake_github import FakeGitHub
-from mlflow_ci.core.errors import InfraError
+from mlflow_ci.core.errors import CheckFailed, InfraError
 from mlflow_ci.core.report import Report, check
 from mlflow_ci.mlflowio.tracking import TrackingServer
 from mlflow_ci.workflows.comment import MAX_BODY, _Api, pr_comment
+from mlflow_ci.workflows.expect import expect_outputs
 
 REPO = "acme/models"
 MARKER = "<!-- mlflow-ci:smoke -->"
@@ -189,6 +190,12 @@ def test_cli_unreachable_api_is_an_infra_error(tmp_path: Path) -> None:
 def test_expect(args: list[str], code: int) -> None:
     done = run_cli("expect", *args)
     assert done.returncode == code, done.stderr
+
+
+def test_expect_outputs_in_process() -> None:
+    assert expect_outputs(verdict=" pass\n", run_id="a" * 32) == 0
+    with pytest.raises(CheckFailed, match="the verdict is 'fail', expected 'pass'; the run id is empty"):
+        expect_outputs(verdict="fail", run_id="")
 
 
 def test_expect_aliases_against_the_registry(tracking_server: TrackingServer) -> None:

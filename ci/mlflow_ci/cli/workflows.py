@@ -84,7 +84,7 @@ def expect(
 ) -> int:
     """Exit 1 unless a workflow's outputs say the checks ended as wanted (a pass needs a run id),
     and, with --alias, unless the registry holds the versions the outputs name."""
-    from mlflow_ci.workflows.comment import expect_aliases, expect_outputs
+    from mlflow_ci.workflows.expect import expect_aliases, expect_outputs
 
     if verdict is None and not alias_pairs:
         raise click.UsageError("Nothing to expect: pass --verdict, or --model with --alias.")

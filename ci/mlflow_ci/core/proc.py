@@ -6,17 +6,19 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow_ci.core.errors import CommandFailed, InfraError
+from mlflow_ci.core.poll import poll
 
 TAIL_LINES = 40
 
@@ -128,23 +130,7 @@ def run(
 
 def kill_group(child: subprocess.Popen[str], grace: float = 5.0) -> None:
     """Terminate ``child`` and everything it started (it leads its own session)."""
-    import signal
-
-    if child.poll() is not None:
-        # The leader is gone, but its group may not be.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signal.SIGKILL)
-        return
-    try:
-        os.killpg(child.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        child.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        child.wait(timeout=max(grace, 5.0))  # reaped, also with no grace
+    stop_group(child.pid, grace=grace, child=child)
 
 
 @contextlib.contextmanager
@@ -215,6 +201,110 @@ def captured_stdio(*, stream: bool = True, prefix: str = "    ") -> Iterator[lis
             os.close(saved[2])
 
 
+# --------------------------------------------------------------------------------------------
+# Stopping processes: SIGTERM, a grace period, SIGKILL for what is left.
+
+
+# Seconds for processes sent SIGKILL to be gone (one in uninterruptible sleep may take longer).
+KILLED_WAIT_S = 5.0
+
+
+def _within(seconds: float, done: Callable[[], bool]) -> bool:
+    """Whether ``done()`` within ``seconds``, asked at once, then ever less often (at most every 50 ms)."""
+    return poll(done, timeout=seconds, interval=0.001, backoff=2.0, max_interval=0.05).ready
+
+
+def terminate(send: Callable[[int], None], gone: Callable[[], bool], *, grace: float) -> bool:
+    """The one TERM-then-KILL: ``send(SIGTERM)``, then up to ``grace`` seconds until ``gone()``,
+    then ``send(SIGKILL)`` unless it is, and until ``gone()`` again (a killed process takes a
+    moment to exit; at most :data:`KILLED_WAIT_S`). True when SIGTERM was enough."""
+    send(signal.SIGTERM)
+    if _within(grace, gone):
+        return True
+    send(signal.SIGKILL)
+    _within(KILLED_WAIT_S, gone)
+    return False
+
+
+def _stat(pid: str | int) -> tuple[str, int, int] | None:
+    """(state, ppid, process group) of a live process from Linux ``/proc``, else None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # The command name is in parentheses and may hold spaces: the state follows the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if len(fields) < 3:
+        return None
+    return fields[0].decode(), int(fields[1]), int(fields[2])
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (an exited process its parent has not reaped yet)."""
+    if os.path.isdir("/proc"):
+        stat = _stat(pid)
+        return stat is not None and stat[0] != "Z"
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    """A process of group ``pgid`` is running (zombies waiting for a parent do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if entry.isdigit() and (stat := _stat(entry)) is not None and stat[2] == pgid and stat[0] != "Z":
+            return True
+    return False
+
+
+def stop_group(pgid: int, *, grace: float, child: subprocess.Popen[Any] | None = None) -> bool:
+    """Stop the process group ``pgid`` (of a process started in its own session): SIGTERM, up to
+    ``grace`` seconds for every process in it to exit, SIGKILL for what is left; its leader is
+    reaped when it is a child of this process (``child``, or a pid it started). False when there
+    was no such group.
+
+    Works from another process too (``mlflow-ci server down``, ``undeploy``): only the group id
+    is needed.
+    """
+
+    def reaped() -> bool:
+        if child is not None:
+            return child.poll() is not None
+        try:
+            return os.waitpid(pgid, os.WNOHANG)[0] != 0
+        except ChildProcessError:  # not ours, or reaped already
+            return True
+
+    def send(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+    def gone() -> bool:
+        reaped()
+        return not _group_alive(pgid)
+
+    if child is not None and child.poll() is not None:
+        send(signal.SIGKILL)  # the leader is gone, but its group may not be
+        return True
+    if not _group_alive(pgid):
+        reaped()
+        return False
+    terminate(send, gone, grace=grace)
+    _within(max(grace, 5.0), reaped)  # reaped, also with no grace
+    return True
+
+
 def _children_map() -> dict[int, list[int]]:
     """ppid → pids of every live process (Linux ``/proc``; empty elsewhere)."""
     children: dict[int, list[int]] = {}
@@ -223,17 +313,8 @@ def _children_map() -> dict[int, list[int]]:
     except OSError:
         return children
     for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        # The command name is in parentheses and may hold spaces: the ppid follows the last ')'.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1:
-            children.setdefault(int(fields[1]), []).append(int(entry))
+        if entry.isdigit() and (stat := _stat(entry)) is not None:
+            children.setdefault(stat[1], []).append(int(entry))
     return children
 
 
@@ -252,8 +333,6 @@ def descendants(*pids: int) -> list[int]:
 
 def kill_tree(child: subprocess.Popen[Any], grace: float = 5.0) -> None:
     """Terminate ``child`` and everything below it, for a child that does not lead its own group."""
-    import signal
-
     # Collected before the first signal: once the child is gone its orphans are re-parented.
     tree = [child.pid, *descendants(child.pid)]
 
@@ -263,10 +342,13 @@ def kill_tree(child: subprocess.Popen[Any], grace: float = 5.0) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
 
+    def gone() -> bool:
+        child.poll()
+        return not any(_alive(pid) for pid in tree)
+
     if child.poll() is None:
-        signal_all(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(timeout=grace)
-    signal_all(signal.SIGKILL)
+        terminate(signal_all, gone, grace=grace)
+    elif not gone():
+        signal_all(signal.SIGKILL)  # the child is gone, but what it started may not be
     with contextlib.suppress(subprocess.TimeoutExpired):
         child.wait(timeout=grace)

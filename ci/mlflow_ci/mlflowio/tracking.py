@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,9 +23,12 @@ from typing import Any, ClassVar
 from mlflow_ci.core import proc
 from mlflow_ci.core.errors import ConfigError, InfraError, ServerUnreachable
 from mlflow_ci.core.fsutil import atomic_write_json
+from mlflow_ci.core.poll import poll
 from mlflow_ci.core.redact import redact
 
 STATE_FILE = "server.json"
+# Seconds between SIGTERM and SIGKILL for a server `server down` stops.
+KILL_GRACE_S = 5.0
 DEFAULT_STARTUP_TIMEOUT = 60.0
 # MLflow's server retries a database it cannot connect to for about 100 s (10 attempts, doubling
 # waits) before it exits.  Its 6th attempt comes about 6 s after the first: by then the database
@@ -52,17 +54,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def check_health(url: str, timeout: float = 3.0) -> bool:
-    # Imported here: a restore imports this module before it starts its read-back server, and
-    # urllib.request (with http.client, email and ssl) is half of this module's import.
-    import urllib.error
-    import urllib.request
+    # Imported here: a restore imports this module before it starts its read-back server, and the
+    # HTTP client (http.client, with email and ssl) would be half of this module's import.
+    from mlflow_ci.core import http
 
+    if not url.startswith(("http://", "https://")):
+        return False
     try:
-        if not url.startswith(("http://", "https://")):
-            return False
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as resp:  # noqa: S310
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError, ValueError):
+        return http.request("GET", f"{url.rstrip('/')}/health", timeout=timeout).status == 200
+    except http.HttpError:
         return False
 
 
@@ -70,11 +70,8 @@ def require_reachable(uri: str, *, attempts: int = 3, delay: float = 1.0) -> Non
     """Fail with exit 3 and a clear sentence when an HTTP tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):
         return
-    for i in range(attempts):
-        if check_health(uri):
-            return
-        if i + 1 < attempts:
-            time.sleep(delay * (2**i))
+    if poll(lambda: check_health(uri), attempts=attempts, interval=delay, backoff=2.0).ready:
+        return
     raise ServerUnreachable(
         f"The tracking server at {uri} did not answer /health after {attempts} attempts.",
         hint="Is MLFLOW_TRACKING_URI (or --tracking-uri) right, and is the server running? "
@@ -229,9 +226,10 @@ class TrackingServer:
         return self
 
     def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
         next_log_check = 0.0
-        while time.monotonic() < deadline:
+
+        def exited_or_stuck(_: bool) -> None:
+            nonlocal next_log_check
             assert self._proc is not None
             if self._proc.poll() is not None:
                 raise InfraError(
@@ -239,16 +237,17 @@ class TrackingServer:
                     f"Last lines of {self.log_path}:\n{proc.tail(self._read_log(), 20)}",
                     hint="Check the backend store URI and that the port is free.",
                 )
-            if check_health(self.url, timeout=1.0):
-                return
             if time.monotonic() >= next_log_check:
                 next_log_check = time.monotonic() + 0.5
                 self._fail_if_database_unreachable()
-            self._pause(0.05)
-        raise InfraError(
-            f"mlflow server at {self.url} did not answer /health within {self.startup_timeout:.0f}s. "
-            f"Last lines of {self.log_path}:\n{proc.tail(self._read_log(), 20)}",
-        )
+
+        healthy = poll(lambda: check_health(self.url, timeout=1.0), timeout=self.startup_timeout,
+                       interval=0.05, give_up=exited_or_stuck, pause=self._pause)  # fmt: skip
+        if not healthy.ready:
+            raise InfraError(
+                f"mlflow server at {self.url} did not answer /health within {self.startup_timeout:.0f}s. "
+                f"Last lines of {self.log_path}:\n{proc.tail(self._read_log(), 20)}",
+            )
 
     def _pause(self, seconds: float) -> None:
         """Between two /health attempts."""
@@ -405,7 +404,7 @@ def up(
         state = json.loads(state_path.read_text())
         if check_health(str(state["url"])):
             return dict(state, reused=True)
-        _kill_pid_group(int(state["pid"]))
+        proc.stop_group(int(state["pid"]), grace=KILL_GRACE_S)
     server = TrackingServer(
         workdir,
         port=port,
@@ -432,28 +431,9 @@ def down(workdir: Path) -> dict[str, object]:
             f"No server state in {state_path}: nothing to stop (was `mlflow-ci server up` run there?)."
         )
     state = json.loads(state_path.read_text())
-    stopped = _kill_pid_group(int(state["pid"]))
+    stopped = proc.stop_group(int(state["pid"]), grace=KILL_GRACE_S)
     state_path.unlink()
     return dict(state, stopped=stopped)
-
-
-def _kill_pid_group(pid: int, grace: float = 5.0) -> bool:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return False
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    return True
 
 
 @contextlib.contextmanager

@@ -14,15 +14,12 @@ stores do not read back); a server that stops answering is an infrastructure err
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import math
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlencode, urlsplit
 
-from mlflow_ci.core import parallel
+from mlflow_ci.core import http, parallel
 from mlflow_ci.core.errors import ServerUnreachable
 from mlflow_ci.core.report import Check, check
 
@@ -49,43 +46,31 @@ class Unreadable(Exception):
 
 
 class Rest:
-    """MLflow's REST API at ``url`` over the standard library's HTTP client, one keep-alive
-    connection per thread (a restore's process never imports an HTTP library of its own)."""
+    """MLflow's REST API at ``url`` through :class:`mlflow_ci.core.http.Client`: one keep-alive
+    connection per thread, opened again once when the server has closed it (a restore's process
+    never imports an HTTP library of its own)."""
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
-        parts = urlsplit(self.url)
-        self._connection_class = (
-            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        )
-        self._netloc, self._base = parts.netloc, parts.path
-        self._local = threading.local()
+        # The read-back server is this machine's: straight to it, whatever proxy the environment names.
+        self._client = http.Client(self.url, timeout=TIMEOUT_S, env_proxies=False)
 
-    def _connection(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connection_class(self._netloc, timeout=TIMEOUT_S)
-        return conn  # type: ignore[no-any-return]
-
-    def _request(self, method: str, path: str, params: Any, body: Any) -> http.client.HTTPResponse:
-        target = self._base + path + (f"?{urlencode(params, doseq=True)}" if params else "")
-        payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
-        for attempt in (1, 2):  # a kept-alive connection the server has closed is opened again once
-            conn = self._connection()
-            try:
-                conn.request(method, target, body=payload, headers=headers)
-                return conn.getresponse()
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                self._local.conn = None
-                if attempt == 2:
-                    raise Unreadable(f"{method} {path}: {exc}") from exc
-        raise AssertionError("unreachable")
+    def _request(
+        self, method: str, path: str, params: Any, body: Any, *, sink: Callable[[bytes], Any] | None = None
+    ) -> http.Response:
+        """The answer to a request; :class:`ServerAnswered` for an error status, :class:`Unreadable`
+        when there is none."""
+        try:
+            answer = self._client.request(method, path, params=params, json=body, sink=sink)
+        except http.HttpError as exc:
+            raise Unreadable(f"{method} {path}: {exc.reason}") from exc
+        if answer.status != 200:
+            raise ServerAnswered(answer.status, path, _error_message(answer.body, answer.reason))
+        return answer
 
     def call(self, method: str, path: str, *, params: Any = None, body: Any = None) -> Any:
         """The JSON answer; :class:`ServerAnswered` for an error status."""
-        data = _read(self._request(method, path, params, body), method, path, block=None)
+        data = self._request(method, path, params, body).body
         try:
             return json.loads(data)
         except ValueError as exc:
@@ -94,7 +79,7 @@ class Rest:
     def sha256(self, path: str) -> str:
         """The SHA-256 of the body of ``GET path``, read in blocks."""
         hasher = hashlib.sha256()
-        _read(self._request("GET", path, None, None), "GET", path, block=hasher.update)
+        self._request("GET", path, None, None, sink=hasher.update)
         return hasher.hexdigest()
 
     def pages(self, method: str, path: str, field: str, **query: Any) -> Iterator[dict[str, Any]]:
@@ -115,23 +100,6 @@ class Rest:
         from mlflow_ci.mlflowio.tracking import check_health
 
         return check_health(self.url)
-
-
-def _read(
-    response: http.client.HTTPResponse, method: str, path: str, *, block: Callable[[bytes], Any] | None
-) -> bytes:
-    """The whole body (``block``: fed to it a block at a time instead); :class:`ServerAnswered`
-    for an error status, :class:`Unreadable` when the connection fails while reading."""
-    try:
-        if response.status != 200:
-            raise ServerAnswered(response.status, path, _error_message(response.read(), response.reason))
-        if block is None:
-            return response.read()
-        while data := response.read(1 << 20):
-            block(data)
-        return b""
-    except (OSError, http.client.HTTPException) as exc:
-        raise Unreadable(f"{method} {path}: {exc}") from exc
 
 
 def _error_message(body: bytes, reason: str) -> str:

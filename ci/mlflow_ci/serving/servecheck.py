@@ -24,17 +24,16 @@ import math
 import os
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow_ci.config import LoadedPolicy, ServeCheckSettings
-from mlflow_ci.core import output
+from mlflow_ci.core import http, output
 from mlflow_ci.core.errors import ConfigError
 from mlflow_ci.core.output import finish
+from mlflow_ci.core.poll import poll
 from mlflow_ci.core.report import Check, Report, check
 from mlflow_ci.mlflowio.modelref import LocalModel, ModelRef, fetch, is_model_uri, resolve
 from mlflow_ci.mlflowio.tags import AT_TAG, FAILURES_TAG, SUBJECT_TAG, VERDICT_TAG
@@ -62,43 +61,40 @@ class Answer:
 
 
 def post(url: str, body: bytes, *, timeout: float, content_type: str = JSON) -> Answer:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")  # noqa: S310
     t0 = time.perf_counter()
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
-            return Answer(resp.status, resp.read().decode("utf-8", "replace"), time.perf_counter() - t0)
-    except urllib.error.HTTPError as err:
-        return Answer(err.code, err.read().decode("utf-8", "replace"), time.perf_counter() - t0)
-    except (urllib.error.URLError, OSError) as err:
-        return Answer(None, f"{type(err).__name__}: {err}", time.perf_counter() - t0)
+        answer = http.request("POST", url, data=body, headers={"Content-Type": content_type}, timeout=timeout)
+    except http.HttpError as err:
+        return Answer(None, f"{err.error}: {err.reason}", time.perf_counter() - t0)
+    return Answer(answer.status, answer.text, time.perf_counter() - t0)
 
 
 def get(url: str, *, timeout: float = 3.0) -> Answer:
     t0 = time.perf_counter()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
-            return Answer(resp.status, resp.read().decode("utf-8", "replace"), time.perf_counter() - t0)
-    except urllib.error.HTTPError as err:
-        return Answer(err.code, "", time.perf_counter() - t0)
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        return Answer(None, f"{type(err).__name__}: {err}", time.perf_counter() - t0)
+        answer = http.request("GET", url, timeout=timeout)
+    except http.HttpError as err:
+        return Answer(None, f"{err.error}: {err.reason}", time.perf_counter() - t0)
+    return Answer(answer.status, answer.text if answer.ok else "", time.perf_counter() - t0)
 
 
 def wait_ready(
     url: str, *, timeout: float, alive: Callable[[], bool] | None = None
 ) -> tuple[bool, float, str]:
     """Poll ``/ping`` until 200; stop early when ``alive()`` says the server has exited."""
-    start = time.monotonic()
-    last = "no answer"
-    while time.monotonic() - start < timeout:
-        answer = get(f"{url.rstrip('/')}/ping", timeout=2.0)
-        if answer.status == 200:
-            return True, time.monotonic() - start, "200"
-        last = f"HTTP {answer.status}" if answer.status else answer.text
-        if alive is not None and not alive():
-            return False, time.monotonic() - start, f"the server exited ({last})"
-        time.sleep(0.25)
-    return False, time.monotonic() - start, f"no 200 within {timeout:g} s ({last})"
+
+    def exited(_: Answer) -> str | None:
+        return "the server exited" if alive is not None and not alive() else None
+
+    polled = poll(lambda: get(f"{url.rstrip('/')}/ping", timeout=2.0), timeout=timeout, interval=0.25,
+                  ready=lambda answer: answer.status == 200, give_up=exited)  # fmt: skip
+    if polled.ready:
+        return True, polled.seconds, "200"
+    answer = polled.value
+    last = "no answer" if answer is None else f"HTTP {answer.status}" if answer.status else answer.text
+    if polled.stopped:
+        return False, polled.seconds, f"{polled.stopped} ({last})"
+    return False, polled.seconds, f"no 200 within {timeout:g} s ({last})"
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,10 +17,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +26,7 @@ from typing import Any, Protocol
 from mlflow_ci.config import Deploy
 from mlflow_ci.core import output, proc
 from mlflow_ci.core.errors import ConfigError, InfraError
+from mlflow_ci.core.poll import poll
 from mlflow_ci.mlflowio.modelref import LocalModel, ModelRef
 from mlflow_ci.mlflowio.tracking import free_port
 
@@ -141,22 +140,7 @@ class LocalServe:
         return proc.tail(text, lines)
 
     def stop(self, deployment: Deployment) -> None:
-        pid = int(deployment.handle["pid"])
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            try:
-                os.killpg(pid, 0)
-            except (ProcessLookupError, PermissionError):
-                return
-            time.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+        proc.stop_group(int(deployment.handle["pid"]), grace=10.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,14 +202,13 @@ class DockerContainer:
             raise InfraError(
                 f"The engine could not start a container of {image}: {exc.explanation or exc}"
             ) from None
-        port = None
-        for _ in range(50):
+
+        def published() -> str | None:
             container.reload()
             bound = (container.ports or {}).get(CONTAINER_PORT) or []
-            if bound and bound[0].get("HostPort"):
-                port = bound[0]["HostPort"]
-                break
-            time.sleep(0.1)
+            return bound[0]["HostPort"] if bound and bound[0].get("HostPort") else None
+
+        port = poll(published, attempts=50, interval=0.1).value
         if port is None:
             container.remove(force=True)
             raise InfraError(f"The engine published no host port for {image}'s {CONTAINER_PORT}.")

@@ -1,26 +1,23 @@
-"""GitHub integration: one sticky pull-request comment per report kind, and workflow-output checks.
+"""The sticky pull-request comment: one per report kind, updated in place.
 
 The comment is found again by the hidden marker ``<!-- mlflow-ci:<kind> -->`` at the start of its
 body (see :data:`mlflow_ci.core.report.COMMENT_MARKER`), so every push to a pull request updates the
-same comment instead of adding one. Only the standard library talks to the REST API (urllib), so
-the comment job needs nothing beyond mlflow-ci itself.
+same comment instead of adding one. The REST API is spoken through :mod:`mlflow_ci.core.http`
+(the standard library only), so the comment job needs nothing beyond mlflow-ci itself.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mlflow_ci import __version__
-from mlflow_ci.core import output
-from mlflow_ci.core.errors import CheckFailed, ConfigError, InfraError
+from mlflow_ci.core import http, output
+from mlflow_ci.core.errors import ConfigError, InfraError
 from mlflow_ci.core.report import COMMENT_MARKER
 
 DEFAULT_API_URL = "https://api.github.com"
@@ -78,7 +75,7 @@ def pr_comment(
         data = api.request("PATCH", f"/repos/{repo}/issues/comments/{existing}", {"body": body})
         result = CommentResult("updated", int(data["id"]), str(data.get("html_url", "")))
     if as_json:
-        print(json.dumps({"action": result.action, "comment_id": result.comment_id, "url": result.url}))
+        output.emit_json({"action": result.action, "comment_id": result.comment_id, "url": result.url})
     output.info(
         f"{result.action} the mlflow-ci {kind} comment on {repo}#{pr}: {result.url or result.comment_id}"
     )
@@ -121,7 +118,7 @@ class _Api:
     """A minimal GitHub REST client: JSON in and out, errors turned into advice."""
 
     def __init__(self, base_url: str, token: str) -> None:
-        parsed = urllib.parse.urlsplit(base_url)
+        parsed = urlsplit(base_url)
         if parsed.scheme not in ("https", "http") or not parsed.netloc:
             raise ConfigError(f"The GitHub API URL {base_url!r} is not an http(s) URL.")
         self.base = base_url.rstrip("/")
@@ -131,7 +128,7 @@ class _Api:
     def _url(self, path_or_url: str) -> str:
         if path_or_url.startswith("/"):
             return self.base + path_or_url
-        parsed = urllib.parse.urlsplit(path_or_url)
+        parsed = urlsplit(path_or_url)
         # Never send the token anywhere but the API it was meant for (pagination links included).
         if (parsed.scheme, parsed.netloc) != self.origin:
             raise InfraError(
@@ -153,103 +150,45 @@ class _Api:
         return data
 
     def _send(self, method: str, url: str, payload: dict[str, Any] | None) -> tuple[Any, Any]:
-        body = json.dumps(payload).encode() if payload is not None else None
-        req = urllib.request.Request(url, data=body, method=method)  # noqa: S310 - scheme checked above
-        req.add_header("Accept", "application/vnd.github+json")
-        req.add_header("Authorization", f"Bearer {self.token}")
-        req.add_header("X-GitHub-Api-Version", "2022-11-28")
-        req.add_header("User-Agent", f"mlflow-ci/{__version__}")
-        if body is not None:
-            req.add_header("Content-Type", "application/json")
+        headers = {"Accept": "application/vnd.github+json", "Authorization": f"Bearer {self.token}",
+                   "X-GitHub-Api-Version": "2022-11-28", "User-Agent": f"mlflow-ci/{__version__}"}  # fmt: skip
         try:
-            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:  # noqa: S310 - scheme checked above
-                raw = resp.read()
-                headers = resp.headers
-        except urllib.error.HTTPError as exc:
-            raise _http_error(method, url, exc) from None
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+            answer = http.request(method, url, json=payload, headers=headers, timeout=TIMEOUT_S)
+        except http.HttpError as exc:
             raise InfraError(
-                f"Could not reach the GitHub API at {self.base} ({method} {url}): {reason}.",
+                f"Could not reach the GitHub API at {self.base} ({method} {url}): {exc.reason}.",
                 hint="Check GITHUB_API_URL (GitHub Enterprise uses https://HOST/api/v3) and the network.",
             ) from None
+        if not answer.ok:
+            raise _http_error(method, url, answer.status, answer.body)
         try:
-            return json.loads(raw or b"null"), headers
-        except json.JSONDecodeError:
+            return json.loads(answer.body or b"null"), answer.headers
+        except ValueError:  # not JSON, or not even UTF-8
             raise InfraError(
                 f"The GitHub API answered {method} {url} with something that is not JSON."
             ) from None
 
 
-def _http_error(method: str, url: str, exc: urllib.error.HTTPError) -> InfraError:
+def _http_error(method: str, url: str, status: int, body: bytes) -> InfraError:
     try:
-        detail = json.loads(exc.read() or b"{}").get("message", "")
-    except (json.JSONDecodeError, AttributeError, OSError):
+        detail = json.loads(body or b"{}").get("message", "")
+    except (ValueError, AttributeError):
         detail = ""
     said = f" ({detail})" if detail else ""
-    message = f"The GitHub API refused {method} {url}: HTTP {exc.code}{said}."
-    if exc.code == 401:
+    message = f"The GitHub API refused {method} {url}: HTTP {status}{said}."
+    if status == 401:
         hint = "The token is invalid or expired; the workflow should pass GITHUB_TOKEN: ${{ github.token }}."
-    elif exc.code == 403:
+    elif status == 403:
         hint = (
             "The token lacks `pull-requests: write`: give the comment job that permission (and the "
             "job calling pr-checks.yml, which caps it). On pull requests from forks GITHUB_TOKEN is "
             "always read-only, so no comment can be posted there; the job summary and the report "
             "artifact still carry the results."
         )
-    elif exc.code == 404:
+    elif status == 404:
         hint = "The repository or pull request does not exist, or the token cannot see it."
-    elif exc.code == 422:
+    elif status == 422:
         hint = "GitHub rejected the comment body (too long or malformed)."
     else:
         hint = "GitHub may be having trouble; re-run the job."
     return InfraError(message, hint=hint)
-
-
-# --------------------------------------------------------------------------------------------
-# Workflow outputs
-
-
-def expect_outputs(*, verdict: str, run_id: str, want: str = "pass") -> int:
-    """Check the outputs of a workflow that ran mlflow-ci: exit 0 when they say what was wanted.
-
-    A passing verdict must come with the MLflow run it is about: an empty run id means the checks
-    never reached a run, which no caller should read as a pass.
-    """
-    verdict, run_id = verdict.strip(), run_id.strip()
-    problems = []
-    if verdict != want:
-        problems.append(f"the verdict is {verdict or '(empty)'!r}, expected {want!r}")
-    if want == "pass" and not run_id:
-        problems.append("the run id is empty")
-    if problems:
-        raise CheckFailed(
-            "The workflow outputs are not as expected: " + "; ".join(problems) + ".",
-            hint="The called workflow's smoke job log and report artifact say why.",
-        )
-    output.info(f"workflow outputs as expected: verdict {verdict}, run id {run_id or '(none)'}")
-    return 0
-
-
-def expect_aliases(*, model: str, wanted: Mapping[str, str], tracking_uri: str | None) -> int:
-    """Check that ``model``'s aliases point at the versions a workflow's outputs name: exit 0 when
-    every ``alias -> version`` of ``wanted`` holds. An empty version (a missing output) never does."""
-    from mlflow_ci.mlflowio.registry import aliases_or_empty, connect
-
-    wanted = {alias: version.strip() for alias, version in wanted.items()}
-    actual = aliases_or_empty(connect(tracking_uri), model)  # a missing model has no aliases
-    problems = []
-    for alias, version in wanted.items():
-        found = actual.get(alias)
-        if not version:
-            problems.append(f"the expected version of @{alias} is empty (a missing workflow output?)")
-        elif found != version:
-            problems.append(f"@{alias} is {f'v{found}' if found else 'not set'}, expected v{version}")
-    if problems:
-        raise CheckFailed(
-            f"Model {model!r} in the registry is not as expected: " + "; ".join(problems) + ".",
-            hint=f"`mlflow-ci audit {model}` shows who moved what, and why.",
-        )
-    shown = ", ".join(f"@{alias} = v{version}" for alias, version in wanted.items())
-    output.info(f"registry as expected: model {model!r} {shown}")
-    return 0
