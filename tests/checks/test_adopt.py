@@ -1,5 +1,5 @@
 """Adopting an existing project: levels (warn, off) on real runs that have MLflow's generated names
-and no tags.
+and no tags, and `mlflow-ci policy init --from-runs` learning a policy that passes on them.
 
 Runs are logged for real through MLflow to the session's tracking server; the CLI runs as a
 subprocess, as in CI.
@@ -13,11 +13,13 @@ import shutil
 import uuid
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from conftest import EXAMPLE, make_project, run_cli
-from mlflow_ci.config import load_policy
-from mlflow_ci.mlflowio.tracking import TrackingServer, client_settings
+from mlflow_ci.checks.adopt import learn_run_template
+from mlflow_ci.config import Naming, load_policy
+from mlflow_ci.mlflowio.tracking import TrackingServer, client_settings, free_port
 from mlflow_ci.workflows.comment import comment_body
 from modelfactory import iris_split
 
@@ -147,6 +149,130 @@ def test_off_does_not_check_the_family_and_the_report_says_so(
     assert "warnings" not in report
     assert "Not checked (level off): naming, tags." in report["notes"]
     assert "Not checked (level off): naming, tags." in (tmp_path / "r" / "conventions.md").read_text()
+
+
+def test_policy_init_learns_a_policy_that_passes_on_the_runs(
+    legacy, tracking_server: TrackingServer, tmp_path: Path
+) -> None:
+    experiment, _ = legacy
+    out = tmp_path / "project" / "mlflow-ci.yaml"
+    result = run_cli(
+        "policy", "init", "--from-runs", experiment, "--tracking-uri", tracking_server.url, "-o", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out}" in result.stderr
+    assert "learned from 3 runs" in result.stderr
+    text = out.read_text(encoding="utf-8")
+    assert "#   warn     the report marks it warn" in text  # the levels are explained in the file
+    data = yaml.safe_load(text)
+    assert data["project"] == experiment
+    assert data["levels"] == {
+        "naming": "warn", "tags": "warn", "params": "enforce", "metrics": "enforce",
+        "artifacts": "enforce", "dataset": "enforce", "model": "enforce",
+    }  # fmt: skip
+    assert data["smoke"]["required_params"] == ["C", "max_iter"]
+    assert data["smoke"]["required_metrics"] == ["accuracy"]
+    assert data["naming"]["experiment"] == "{project}"
+    # Names MLflow generated are no convention: the default stays, at warn, and says why.
+    assert data["naming"]["run"] == "run_{objective}_{seed}"
+    assert re.search(r"# warn: 3 of 3 runs have names MLflow generated \(e\.g\. '[a-z]+-[a-z]+-\d+'\)", text)
+    assert data["tags"]["required"] == ["dataset", "env", "purpose", "owner"]
+
+    passed, report = conventions(experiment, out, tracking_server, tmp_path / "r")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert report["failures"] == []
+    assert {w.split(": ", 1)[1] for w in report["warnings"]} == {"run name", *NAMING_AND_TAG_CHECKS[2:]}
+
+
+def test_policy_init_enforces_what_every_run_does(tracking_server: TrackingServer, tmp_path: Path) -> None:
+    """Runs named by a convention, with tags: naming and tags are enforced; the one run without a
+    model puts the model family at warn."""
+    experiment = f"exp_ranker_2026120{uuid.uuid4().int % 10}"
+    tags = {"owner": "ml-team", "purpose": "ranking"}
+    log_legacy_run(tracking_server.url, experiment, name="train-lr-1", tags={**tags, "extra": "x"})
+    log_legacy_run(tracking_server.url, experiment, name="train-lr-17", tags=tags, model=False)
+    out = tmp_path / "mlflow-ci.yaml"
+    result = run_cli("policy", "init", "--from-runs", experiment, "--tracking-uri", tracking_server.url,
+                     "-o", str(out), "--max-runs", "5")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    policy = load_policy(out, env={}).policy
+    assert policy.project == "ranker"
+    assert policy.naming.experiment == "exp_{project}_{date}"
+    assert policy.naming.run == "train-lr-{n}"
+    assert policy.naming.placeholders == {"n": r"\d+"}
+    assert policy.tags.required == ["owner", "purpose"]
+    assert policy.levels.at("warn") == ["model"]
+    assert "1 of 2 runs fail it, e.g. model logged" in out.read_text()
+
+    passed, report = conventions(experiment, out, tracking_server, tmp_path / "r")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert report["warnings"] == ["train-lr-17: model logged"]
+
+
+def test_policy_init_never_overwrites(tracking_server: TrackingServer, tmp_path: Path) -> None:
+    out = write_policy(tmp_path, "project: mine\n")
+    result = run_cli("policy", "init", "--from-runs", "anything", "--tracking-uri", tracking_server.url,
+                     "-o", str(out))  # fmt: skip
+    assert result.returncode == 2
+    assert out.read_text() == "project: mine\n"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "already exists; policy init never overwrites it" in lines[0]
+    assert list(tmp_path.iterdir()) == [out]
+
+
+def test_policy_init_names_a_missing_experiment_and_an_unreachable_server(
+    tracking_server: TrackingServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "mlflow-ci.yaml"
+    missing = run_cli("policy", "init", "--from-runs", "no-such-experiment", "--tracking-uri",
+                      tracking_server.url, "-o", str(out))  # fmt: skip
+    assert missing.returncode == 2
+    assert "No experiment named 'no-such-experiment'" in missing.stderr
+    empty = f"empty-{uuid.uuid4().hex[:6]}"
+    mlflow.MlflowClient(tracking_server.url).create_experiment(empty)
+    no_runs = run_cli("policy", "init", "--from-runs", empty, "--tracking-uri", tracking_server.url,
+                      "-o", str(out))  # fmt: skip
+    assert no_runs.returncode == 2
+    assert f"Experiment {empty!r} has no runs to learn from" in no_runs.stderr
+    bad_name = run_cli("policy", "init", "--from-runs", empty, "--tracking-uri", tracking_server.url,
+                       "-o", str(out), "--project", "my project")  # fmt: skip
+    assert bad_name.returncode == 2
+    assert "--project 'my project' is not a project name" in bad_name.stderr
+    down = run_cli("policy", "init", "--from-runs", "x", "--tracking-uri", f"http://127.0.0.1:{free_port()}",
+                   "-o", str(out))  # fmt: skip
+    assert down.returncode == 3
+    assert "did not answer /health" in down.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("names", "learned"),
+    [
+        (["run_classify_1", "run_rank_22"], ("run_{objective}_{seed}", {})),
+        (["train-lr-1", "train-lr-17"], ("train-lr-{n}", {"n": r"\d+"})),
+        (["train-42"], ("train-{n}", {"n": r"\d+"})),
+        (["nightly", "nightly"], ("nightly", {})),
+        (["cv_ridge_fold1", "cv_lasso_fold2"], ("cv_{word}_fold{n}", {"word": "[a-z]+", "n": r"\d+"})),
+        (["cv_Ridge", "cv_lasso"], ("cv_{Word}", {"Word": "[A-Za-z]+"})),
+        (["bold-fox-123", "calm-owl-7"], "2 of 2 runs have names MLflow generated (e.g. 'bold-fox-123')"),
+        (["bold-fox-123"], "1 of 1 runs have names MLflow generated (e.g. 'bold-fox-123')"),
+        (["alpha-one", "beta-two"], "has no fixed word"),
+        (["baseline"], "one run is too few"),
+        (["a-1", "a_1_b"], "different shapes"),
+        (["x", ""], "some runs have no name"),
+    ],
+)
+def test_learning_a_run_template(names: list[str], learned: object) -> None:
+    got = learn_run_template(names, "churn")
+    if isinstance(learned, str):
+        assert isinstance(got, str)
+        assert learned in got
+    else:
+        assert got == learned
+        template, placeholders = got  # type: ignore[misc]
+        pattern = Naming(run=template, placeholders=placeholders).pattern("run", "churn")
+        assert all(re.match(pattern, n) for n in names)
 
 
 # --- smoke honours the levels -------------------------------------------------------------------
