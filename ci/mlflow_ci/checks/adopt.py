@@ -237,7 +237,7 @@ def learn(client: Any, experiment: Any, runs: list[Any], project: str) -> Draft:
         model_artifact_path=_model_name(client, experiment.experiment_id, finished),
     )
     if not tags:
-        why["tags"] = "no tag is on every run (mlflow.* system tags left out)"
+        why["tags"] = "no tag is on every run, so mlflow-ci's default list stays"
     failing = _failing_families(client, finished, draft)
     draft.levels = {family: "warn" if family in failing else "enforce" for family in FAMILIES}
     for family, (count, first) in failing.items():
