@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace as NS
 
-from mlflow_ci.checks.conventions import CONVENTIONS, verify_run
-from mlflow_ci.config import Policy
+from mlflow_ci.checks.conventions import CONVENTIONS, FAMILY, adoption_notes, leveled, verify_run
+from mlflow_ci.config import FAMILIES, Levels, Policy
+from mlflow_ci.core.report import Report, check
 
 POLICY = Policy.model_validate(
     {
@@ -99,3 +100,102 @@ def test_conventions_the_policy_does_not_ask_for_add_no_checks() -> None:
 
 def test_the_model_convention_runs_last() -> None:
     assert [name for name, _ in CONVENTIONS][-1] == "model"
+
+
+# --- levels: off, warn, enforce ----------------------------------------------------------------
+
+
+def _with_levels(**levels: str) -> Policy:
+    return POLICY.model_copy(update={"levels": Levels(**levels)})
+
+
+def test_every_convention_but_status_has_a_family() -> None:
+    assert {name for name, _ in CONVENTIONS} - set(FAMILY) == {"status"}
+    assert set(FAMILY.values()) == set(FAMILIES)
+
+
+def test_warn_reports_what_would_fail_without_failing() -> None:
+    run = make_run(dataset="iris", blank="  ", env="prod")
+    enforced = verify_run(FakeClient(), run, POLICY, check_model=False)
+    warned = verify_run(FakeClient(), run, _with_levels(naming="warn", tags="warn"), check_model=False)
+    # The same checks, in the same order, with the same texts; only the verdicts of the naming
+    # and tag checks that failed change, to warn.
+    assert [(c.name, c.expected, c.found, c.detail) for c in warned] == [
+        (c.name, c.expected, c.found, c.detail) for c in enforced
+    ]
+    changed = {c.name: (e.verdict, c.verdict) for e, c in zip(enforced, warned, strict=True) if e != c}
+    assert changed == {
+        "run name": ("fail", "warn"),
+        "tag owner": ("fail", "warn"),
+        "tag blank": ("fail", "warn"),
+        "tag env value": ("fail", "warn"),
+        "tag team value": ("fail", "warn"),
+    }
+    assert next(c for c in warned if c.name == "tag dataset").verdict == "pass"
+    assert next(c for c in warned if c.name == "required params").verdict == "fail"
+
+
+def test_off_does_not_check_the_family() -> None:
+    run = make_run(dataset="iris", blank="  ", env="prod")
+    all_off = _with_levels(**dict.fromkeys(FAMILIES, "off"))
+    # The model family is off too: verify_model_metadata is never called (the fake client has no
+    # search_logged_models, so calling it would raise).
+    assert [c.name for c in verify_run(FakeClient(), run, all_off)] == ["run status"]
+    names = [
+        c.name
+        for c in verify_run(FakeClient(), run, _with_levels(tags="off", metrics="off"), check_model=False)
+    ]
+    assert "tag owner" not in names
+    assert "tag env value" not in names
+    assert not [n for n in names if n.startswith("metric") or n == "all metrics finite"]
+    assert {"run name", "required params", "dataset input"} <= set(names)
+
+
+def test_params_and_metrics_are_separate_families() -> None:
+    run = make_run(dataset="iris", blank="  ", env="prod")
+    checks = {
+        c.name: c.verdict
+        for c in verify_run(FakeClient(), run, _with_levels(metrics="warn"), check_model=False)
+    }
+    assert checks["required params"] == "fail"
+    assert checks["metric loss"] == checks["metric absent"] == checks["all metrics finite"] == "warn"
+    assert checks["metric accuracy"] == "pass"
+
+
+def test_leveled_changes_only_failures_and_only_at_warn() -> None:
+    items = [check("a", True, expected="x", found="x"), check("b", False, expected="x", found="y")]
+    assert leveled(items, "enforce") == items
+    assert [c.verdict for c in leveled(items, "warn")] == ["pass", "warn"]
+
+
+def test_the_report_of_an_enforce_only_policy_is_unchanged_and_warn_is_marked() -> None:
+    run = make_run(dataset="iris", blank="  ", env="prod")
+    enforced = Report(
+        kind="conventions", title="t", checks=verify_run(FakeClient(), run, POLICY, check_model=False)
+    )
+    adoption_notes(enforced, POLICY)
+    assert enforced.notes == []
+    assert enforced.data == {}
+    assert "warnings" not in enforced.to_dict()
+    assert enforced.to_markdown().splitlines()[0] == "### ❌ mlflow-ci conventions: t — **FAIL**"
+
+    policy = _with_levels(
+        naming="warn", tags="warn", params="warn", metrics="warn", artifacts="warn", dataset="off"
+    )
+    warned = Report(
+        kind="conventions", title="t", checks=verify_run(FakeClient(), run, policy, check_model=False)
+    )
+    adoption_notes(warned, policy)
+    assert warned.verdict == "pass"
+    assert warned.to_dict()["warnings"] == [c.name for c in enforced.failures if c.name != "run status"]
+    assert warned.notes == [
+        "Level warn (reported, never failing): naming, tags, params, metrics, artifacts. 10 checks would "
+        "fail at enforce (marked warn): run name, tag owner, tag blank, tag env value, tag team value, "
+        "required params, metric loss, metric absent, all metrics finite, artifact reports/metrics.json.",
+        "Not checked (level off): dataset.",
+    ]
+    markdown = warned.to_markdown()
+    assert markdown.splitlines()[0] == "### ✅ mlflow-ci conventions: t — **PASS** (⚠️ 10 warnings)"
+    assert "| tag owner | present, non-empty | missing | ⚠️ warn |" in markdown
+    assert "<tr class='warn'><td>tag owner</td>" in warned.to_html()
+    assert warned.data["levels"]["dataset"] == "off"

@@ -1,7 +1,9 @@
 """Does a run follow the team's conventions? Naming, tags, params, metrics, dataset, model.
 
 :func:`verify_run` is shared by ``mlflow-ci smoke`` (for the run it just made) and
-``mlflow-ci conventions`` (for audits of older work on any tracking server).
+``mlflow-ci conventions`` (for audits of older work on any tracking server). Each family of
+conventions is checked at its level (policy ``levels:``): ``enforce`` fails, ``warn`` reports
+what would fail without failing, ``off`` does not check.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import math
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from mlflow_ci.config import LoadedPolicy, Policy, find_policy, load_policy
+from mlflow_ci.config import Level, LoadedPolicy, Policy, find_policy, load_policy
 from mlflow_ci.core.errors import ConfigError, InfraError
 from mlflow_ci.core.output import finish
 from mlflow_ci.core.report import Check, Report, check
@@ -216,14 +219,64 @@ CONVENTIONS: tuple[tuple[str, Convention], ...] = (
 )
 
 
+# The family (policy levels:) of each convention; the run's status has none and is always enforced.
+FAMILY: dict[str, str] = {
+    "naming": "naming",
+    "tags": "tags",
+    "tag patterns": "tags",
+    "params": "params",
+    "metrics": "metrics",
+    "finite metrics": "metrics",
+    "artifacts": "artifacts",
+    "dataset": "dataset",
+    "model": "model",
+}
+
+
+def leveled(checks: list[Check], level: Level) -> list[Check]:
+    """The checks at ``level``: at ``warn`` a failing check becomes a warning with its expected
+    and found unchanged (what it would have failed); otherwise they are returned as they are."""
+    if level != "warn":
+        return checks
+    return [replace(item, verdict="warn") if item.failed else item for item in checks]
+
+
 def verify_run(client: Any, run: Any, policy: Policy, *, check_model: bool = True) -> list[Check]:
-    """Every convention the policy asks of one run, as a list of checks (nothing raised)."""
-    return [
-        item
-        for name, convention in CONVENTIONS
-        if check_model or name != "model"
-        for item in convention(client, run, policy)
-    ]
+    """Every convention the policy asks of one run, each at its family's level, as a list of
+    checks (nothing raised); a family at ``off`` is not checked."""
+    checks: list[Check] = []
+    for name, convention in CONVENTIONS:
+        level = policy.levels.of(FAMILY.get(name))
+        if level == "off" or (name == "model" and not check_model):
+            continue
+        checks += leveled(convention(client, run, policy), level)
+    return checks
+
+
+MAX_NAMED = 10
+
+
+def adoption_notes(report: Report, policy: Policy) -> None:
+    """Say in the report which families only warn, what they would have failed, and which are
+    off; a policy that enforces everything adds nothing (its report reads as it always did)."""
+    levels = policy.levels
+    warn, off = levels.at("warn"), levels.at("off")
+    if not warn and not off:
+        return
+    report.data["levels"] = levels.model_dump()
+    if warn:
+        names = [c.name for c in report.warnings]
+        shown = ", ".join(names[:MAX_NAMED]) + (
+            f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else ""
+        )
+        would = (
+            f"{len(names)} check{'s' if len(names) != 1 else ''} would fail at enforce (marked warn): {shown}."
+            if names
+            else "Nothing would fail at enforce: ready to tighten."
+        )
+        report.notes.append(f"Level warn (reported, never failing): {', '.join(warn)}. {would}")
+    if off:
+        report.notes.append(f"Not checked (level off): {', '.join(off)}.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,6 +338,9 @@ def conventions_command(
             ) from None
     if not runs:
         report.notes.append("No runs found.")
+    adoption_notes(report, loaded.policy)
     report.data["runs_checked"] = len(runs)
     report.data["runs_failing"] = len({c.name.split(": ")[0] for c in report.failures})
+    if report.warnings:
+        report.data["runs_warning"] = len({c.name.split(": ")[0] for c in report.warnings})
     return finish(report, report_dir=report_dir or Path("reports/mlflow-ci"), as_json=as_json)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_ci.checks import modelenv
-from mlflow_ci.checks.conventions import run_url, verify_run
+from mlflow_ci.checks.conventions import adoption_notes, leveled, run_url, verify_run
 from mlflow_ci.checks.projectrun import ProjectRun, param_value, run_project
 from mlflow_ci.config import LoadedPolicy, Policy, find_policy, load_policy
 from mlflow_ci.core import output, proc
@@ -101,7 +101,9 @@ def run_smoke(
     with modelenv.started_ahead(env_key, predictor.name, tracking.client_env(tracking_uri)) as warm:
         ran = run_project(project, entry_point=settings.entry_point, parameters=parameters, env_manager=manager.name,
                           experiment=experiment, tracking_uri=tracking_uri, timeout=settings.timeout)  # fmt: skip
-        return _verify(project, policy, report, ran, manager, predictor, tracking_uri, scratch, warm, env_key)
+        _verify(project, policy, report, ran, manager, predictor, tracking_uri, scratch, warm, env_key)
+    adoption_notes(report, policy)
+    return report
 
 
 def _verify(project: Path, policy: Policy, report: Report, ran: ProjectRun, manager: envmanagers.EnvManager,
@@ -139,11 +141,14 @@ def _verify(project: Path, policy: Policy, report: Report, ran: ProjectRun, mana
         }
         report.checks.extend(verify_run(client, run, policy))
 
-        ref = find_logged_model(client, run, settings.model_artifact_path)
+        # Loading and predicting belongs to the model family: not done at off, a warning at warn.
+        model_level = policy.levels.model
+        ref = find_logged_model(client, run, settings.model_artifact_path) if model_level != "off" else None
         if ref is not None:
             with output.step(f"load and predict {ref.uri} ({predictor.name})"):
-                report.add(predict_check(ref.uri, predictor.name, tracking_uri, scratch, warm=warm, key=env_key,
-                                         timeout=settings.timeout))  # fmt: skip
+                predicted = predict_check(ref.uri, predictor.name, tracking_uri, scratch, warm=warm, key=env_key,
+                                          timeout=settings.timeout)  # fmt: skip
+            report.checks.extend(leveled([predicted], model_level))
     if report.verdict == "fail":
         report.output_tail = proc.tail(out)
     return report

@@ -1,4 +1,5 @@
-"""``mlflow-ci policy check|show|schema``: validate, show and publish the schema of mlflow-ci.yaml."""
+"""``mlflow-ci policy check|show|schema|init``: validate, show and publish the schema of
+mlflow-ci.yaml, and write a first one from an experiment's runs."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ from typing import Any
 
 import click
 
-from mlflow_ci.cli.app import EPILOG, _handle, cli, json_option
+from mlflow_ci.cli.app import EPILOG, _handle, cli, json_option, tracking_option
 from mlflow_ci.core import output
 from mlflow_ci.core.output import emit_json
 
 
 @cli.group(epilog=EPILOG)
 def policy() -> None:
-    """Validate, show and publish the schema of mlflow-ci.yaml."""
+    """Validate, show and publish the schema of mlflow-ci.yaml; write a first one from runs."""
 
 
 @policy.command("check", epilog=EPILOG)
@@ -76,3 +77,47 @@ def policy_schema(out: Path | None) -> int:
     else:
         emit_json(json_schema())
     return 0
+
+
+@policy.command("init", epilog=EPILOG)
+@click.option(
+    "--from-runs",
+    "experiment",
+    required=True,
+    metavar="EXPERIMENT",
+    help="Experiment (name or id) whose runs show what the project already logs.",
+)
+@tracking_option
+@click.option(
+    "--output",
+    "-o",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("mlflow-ci.yaml"),
+    show_default=True,
+    help="Where to write the policy; an existing file is never overwritten.",
+)
+@click.option("--project", default=None, help="Project name (default: taken from the experiment's name).")
+@click.option(
+    "--max-runs",
+    type=int,
+    default=100,
+    show_default=True,
+    help="Learn from at most this many runs (newest first).",
+)
+@_handle
+def policy_init(
+    experiment: str, tracking_uri: str | None, out: Path, project: str | None, max_runs: int
+) -> int:
+    """Write a starting mlflow-ci.yaml from what EXPERIMENT's runs already log.
+
+    Tags on every run, params and metrics every run logs and a naming template every name fits
+    are required and enforced; where the runs fall short (generated names, no dataset, no model)
+    the family is set to warn, so the first pull request passes and its report lists what is
+    missing. Exit 2 if the file exists or the experiment does not.
+    """
+    from mlflow_ci.checks.adopt import init_from_runs_command
+
+    return init_from_runs_command(
+        experiment=experiment, tracking_uri=tracking_uri, out=out, project=project, max_runs=max_runs
+    )

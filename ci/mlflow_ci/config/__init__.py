@@ -5,7 +5,18 @@ Everything a capability needs is importable from here: ``from mlflow_ci.config i
 """
 
 from mlflow_ci.config.base import ENV_PREFIX, POLICY_FILENAME, EnvManager, Section
-from mlflow_ci.config.checks import DEFAULT_PLACEHOLDERS, Naming, Smoke, Tags, Train
+from mlflow_ci.config.checks import (
+    DEFAULT_PLACEHOLDERS,
+    FAMILIES,
+    LEVELS,
+    Family,
+    Level,
+    Levels,
+    Naming,
+    Smoke,
+    Tags,
+    Train,
+)
 from mlflow_ci.config.loader import (
     LoadedPolicy,
     env_overrides,
@@ -42,6 +53,8 @@ from mlflow_ci.config.serving import (
 __all__ = [
     "DEFAULT_PLACEHOLDERS",
     "ENV_PREFIX",
+    "FAMILIES",
+    "LEVELS",
     "POLICY_FILENAME",
     "TARGET_NAMES",
     "Aliases",
@@ -53,9 +66,12 @@ __all__ = [
     "DockerTarget",
     "EnvManager",
     "Evaluation",
+    "Family",
     "Gates",
     "ImageSettings",
     "KeepBest",
+    "Level",
+    "Levels",
     "LoadTest",
     "LoadedPolicy",
     "LocalTarget",

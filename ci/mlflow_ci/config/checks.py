@@ -1,12 +1,12 @@
-"""Sections read by the pull-request checks: ``naming``, ``tags``, ``smoke`` and ``train``."""
+"""Sections read by the pull-request checks: ``levels``, ``naming``, ``tags``, ``smoke`` and ``train``."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mlflow_ci.config.base import EnvManager, Section, check_regexes
 from mlflow_ci.core.errors import PolicyError
@@ -19,6 +19,78 @@ DEFAULT_PLACEHOLDERS: dict[str, str] = {
 }
 
 
+Level = Literal["off", "warn", "enforce"]
+LEVELS: tuple[str, ...] = get_args(Level)
+
+# The families of conventions a level applies to, in report order. The run's status (FINISHED)
+# has no level: a run that did not finish is evidence of nothing.
+Family = Literal["naming", "tags", "params", "metrics", "artifacts", "dataset", "model"]
+FAMILIES: tuple[str, ...] = get_args(Family)
+
+
+class Levels(Section):
+    """How strictly each family of conventions is checked, so an existing project can adopt them
+    step by step: ``enforce`` fails the check (the default), ``warn`` reports what would fail and
+    never changes the verdict, ``off`` does not check at all.
+
+    YAML 1.1 (PyYAML) reads an unquoted ``off`` (and ``no``) as false: false means ``off``; true
+    (``on``, ``yes``) is refused, since no level is "on".
+    """
+
+    naming: Level = Field("enforce", description="Experiment and run names (naming:).")
+    tags: Level = Field("enforce", description="Required tags and tag patterns (tags:).")
+    params: Level = Field("enforce", description="smoke.required_params.")
+    metrics: Level = Field(
+        "enforce", description="smoke.required_metrics, and every metric finite (no NaN or infinity)."
+    )
+    artifacts: Level = Field("enforce", description="smoke.required_artifacts.")
+    dataset: Level = Field("enforce", description="A dataset input recorded (smoke.require_dataset).")
+    model: Level = Field(
+        "enforce",
+        description="The model logged with signature and input example; in smoke, it loads and predicts.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, value: Any) -> Any:
+        if isinstance(value, (str, bool)):
+            raise ValueError(
+                "a mapping of family to level, e.g. `levels: {naming: warn, tags: off}`; families: "
+                + ", ".join(FAMILIES)
+            )
+        return value
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is False:
+            return "off"
+        if value is True:
+            raise ValueError(
+                f"one of off, warn, enforce; YAML reads an unquoted on, yes or true as true, which is "
+                f"not a level (write `{info.field_name}: enforce`, or quote the word)"
+            )
+        return value
+
+    def of(self, family: str | None) -> Level:
+        """The level of ``family``; conventions outside the families (None) are enforced."""
+        return getattr(self, family) if family else "enforce"
+
+    def at(self, level: Level) -> list[str]:
+        """The families at ``level``, in report order."""
+        return [family for family in FAMILIES if getattr(self, family) == level]
+
+
+def _not_a_level(section: str, value: Any) -> None:
+    """``naming: off`` at the top of the policy: say where levels go instead of "not a mapping"."""
+    if value is False or (isinstance(value, str) and value in LEVELS):
+        shown = "off" if value is False else value
+        raise ValueError(
+            f"a mapping of {section} settings; levels are set under levels: "
+            f"write `levels: {{{section}: {shown}}}`"
+        )
+
+
 class Naming(Section):
     """Naming conventions. ``{placeholder}`` stands for a pattern; ``{project}`` is the project name."""
 
@@ -29,6 +101,12 @@ class Naming(Section):
         default_factory=dict,
         description="Extra or overriding regular expressions for placeholders.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _level_written_here(cls, value: Any) -> Any:
+        _not_a_level("naming", value)
+        return value
 
     @field_validator("placeholders")
     @classmethod
@@ -79,6 +157,12 @@ class Tags(Section):
         default_factory=dict,
         description="Regular expressions that a tag's value must match, e.g. {env: '^(dev|ci|prod)$'}.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _level_written_here(cls, value: Any) -> Any:
+        _not_a_level("tags", value)
+        return value
 
     @field_validator("patterns")
     @classmethod

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from mlflow_ci.config.base import NAME_RE, Section
-from mlflow_ci.config.checks import Naming, Smoke, Tags, Train
+from mlflow_ci.config.checks import Levels, Naming, Smoke, Tags, Train
 from mlflow_ci.config.release import Gates, Registry
 from mlflow_ci.config.serverops import Backup, Retention, Server
 from mlflow_ci.config.serving import Deploy
@@ -18,6 +18,10 @@ class Policy(Section):
 
     version: Literal[1] = Field(1, description="Policy format version.")
     project: str = Field(..., pattern=NAME_RE, description="Project name, used in names and reports.")
+    levels: Levels = Field(
+        default_factory=Levels,
+        description="How strictly each family of conventions is checked: off, warn or enforce (default).",
+    )
     naming: Naming = Field(default_factory=Naming)
     tags: Tags = Field(default_factory=Tags)
     smoke: Smoke = Field(default_factory=Smoke)

@@ -68,10 +68,22 @@ class Report:
     def failures(self) -> list[Check]:
         return [c for c in self.checks if c.failed]
 
+    @property
+    def warnings(self) -> list[Check]:
+        """Checks that did not pass and do not fail the report (advisory ones)."""
+        return [c for c in self.checks if c.verdict == "warn"]
+
+    def _warned(self) -> str:
+        """`` (⚠️ 2 warnings)`` after the verdict when checks warn; nothing otherwise."""
+        count = len(self.warnings)
+        return f" (⚠️ {count} warning{'s' if count != 1 else ''})" if count else ""
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["verdict"] = self.verdict
         out["failures"] = [c.name for c in self.failures]
+        if self.warnings:  # only then, so a report without warnings reads as it always did
+            out["warnings"] = [c.name for c in self.warnings]
         return out
 
     def to_json(self) -> str:
@@ -82,7 +94,9 @@ class Report:
         lines = []
         if marker:
             lines.append(COMMENT_MARKER.format(kind=self.kind))
-        lines.append(f"### {icon} mlflow-ci {self.kind}: {self.title} — **{self.verdict.upper()}**")
+        lines.append(
+            f"### {icon} mlflow-ci {self.kind}: {self.title} — **{self.verdict.upper()}**{self._warned()}"
+        )
         lines.append("")
         if self.run_url or self.run_id:
             link = f"[{self.run_id}]({self.run_url})" if self.run_url else f"`{self.run_id}`"
@@ -131,7 +145,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .6re
 tr.fail{{background:#fde2e1}}tr.warn{{background:#fff4ce}}tr.pass{{background:#e6f4ea}}
 .v{{font-weight:600;text-transform:uppercase}}.verdict-pass{{color:#137333}}.verdict-fail{{color:#a50e0e}}pre{{background:#f6f8fa;padding:1rem}}</style>
 </head><body>
-<h1 class="verdict-{self.verdict}">mlflow-ci {_h(self.kind)}: {_h(self.title)} — {self.verdict.upper()}</h1>
+<h1 class="verdict-{self.verdict}">mlflow-ci {_h(self.kind)}: {_h(self.title)} — {self.verdict.upper()}{_h(self._warned())}</h1>
 {run}
 <table><thead><tr><th>check</th><th>expected</th><th>found</th><th>verdict</th></tr></thead>
 <tbody>{rows}</tbody></table>
