@@ -140,7 +140,6 @@ def test_every_run_step_calls_nox_or_mlflow_ci() -> None:
     assert any(s.startswith("mlflow-ci pr-comment ") for s in scripts)
     assert any(s.startswith("mlflow-ci expect ") for s in scripts)
     assert "nox -s lint" in scripts
-    assert "nox -s tests" in scripts
 
 
 def test_nox_sessions_match_nox_itself() -> None:
@@ -434,3 +433,12 @@ def test_self_test_release_releases_twice_rolls_back_and_checks() -> None:
                              "SECOND": "${{ needs.release-2.outputs.version }}"}  # fmt: skip
     assert '--alias "champion=$FIRST"' in expect["run"]
     assert any(r.startswith('mlflow-ci audit "$MODEL" --verify') for r in runs)
+
+
+def test_ci_runs_the_script_ci_runs_here() -> None:
+    """ci.yml's test job runs .ci/run, which sets the services up and then runs the README's test
+    command, so GitHub and this project's own CI cannot drift apart."""
+    tests = load_workflow(WORKFLOWS / "ci.yml")["jobs"]["tests"]
+    assert [step["run"] for step in tests["steps"] if "run" in step] == ["bash .ci/run"]
+    script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert script.rstrip().endswith("nox -s tests")

@@ -48,6 +48,7 @@ from mlflow_ci.core.proc import base_env, run
 BOOTSTRAP = frozenset({
     'python -m pip install "$MLFLOW_CI_SPEC"',
     "python -m pip install nox",
+    "bash .ci/run",  # this repository's CI: service setup, then `nox -s tests`
 })  # fmt: skip
 
 #: Where a ``write`` permission may appear: (workflow file name, job id) -> scopes. A job that
