@@ -5,6 +5,7 @@ nox -s tests    the test suite
 nox -s lint     ruff, format check, import contracts (import-linter), workflow linters
 nox -s smoke    mlflow-ci smoke on the example project (args after -- go to the CLI)
 nox -s bench    benchmarks, each compared with a baseline in the same run
+nox -s lock     regenerate ci/constraints.txt (mlflow-ci's dependencies, locked with uv)
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
 EXAMPLE = ROOT / "example_project"
+# Every install of mlflow-ci (sessions, workflows) takes its dependencies at these versions.
+CONSTRAINTS = ROOT / "ci" / "constraints.txt"
 
 # Offline: never download interpreters.
 os.environ.setdefault("NOX_DOWNLOAD_PYTHON", "never")
@@ -34,7 +37,7 @@ os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 
 def _install(session: nox.Session, *extras: str) -> None:
     spec = f".[{','.join(extras)}]" if extras else "."
-    session.install("-e", spec)
+    session.install("-e", spec, "--constraint", str(CONSTRAINTS))
     # Bytecode for mlflow-ci's own modules, as an installed package has it: the install is
     # editable, and under PYTHONDONTWRITEBYTECODE every CLI process would compile them again.
     session.run("python", "-m", "compileall", "-q", str(ROOT / "ci" / "mlflow_ci"))
@@ -93,3 +96,27 @@ def bench(session: nox.Session) -> None:
     """Benchmarks in bench/: each prints its ratio against a baseline measured in the same run."""
     _install(session, "test")
     session.run("python", "-m", "bench", *session.posargs, env=_env())
+
+
+@nox.session(python=False, default=False)
+def lock(session: nox.Session) -> None:
+    """Lock mlflow-ci's dependencies (every extra) into ci/constraints.txt with uv; its header
+    records a hash of pyproject.toml's dependency lists, which a test compares."""
+    import hashlib
+    import json
+
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    wanted = {k: project.get(k) for k in ("requires-python", "dependencies", "optional-dependencies")}
+    digest = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()
+    extras = [arg for extra in project.get("optional-dependencies", {}) for arg in ("--extra", extra)]
+    session.run("uv", "pip", "compile", "pyproject.toml", *extras, "--python-version", PYTHON,
+                "--python-platform", "x86_64-unknown-linux-gnu", "--no-header", "--quiet",
+                "-o", str(CONSTRAINTS), external=True)  # fmt: skip
+    body = CONSTRAINTS.read_text(encoding="utf-8")
+    CONSTRAINTS.write_text(
+        "# mlflow-ci's dependencies, locked: `nox -s lock` writes this file (uv pip compile, Python "
+        f"{PYTHON}, Linux x86_64).\n# pyproject-sha256: {digest}\n" + body,
+        encoding="utf-8",
+    )

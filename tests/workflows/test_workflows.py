@@ -149,7 +149,7 @@ def test_nox_sessions_match_nox_itself() -> None:
     listed = subprocess.run([nox, "--list", "-f", str(NOXFILE)], cwd=ROOT, capture_output=True, text=True,
                             timeout=120, check=True).stdout  # fmt: skip
     names = set(re.findall(r"^[*-] (\S+)", listed, flags=re.M))
-    assert names == nox_sessions(NOXFILE) == {"tests", "lint", "smoke", "bench", "demo"}
+    assert names == nox_sessions(NOXFILE) == {"tests", "lint", "smoke", "bench", "demo", "lock"}
 
 
 def test_cli_command_paths() -> None:
@@ -159,7 +159,7 @@ def test_cli_command_paths() -> None:
     assert ("policy",) not in paths, "a group is not a command"
 
 
-SESSIONS = {"tests", "lint", "smoke", "bench", "demo"}
+SESSIONS = {"tests", "lint", "smoke", "bench", "demo", "lock"}
 
 
 @pytest.mark.parametrize(
