@@ -795,7 +795,6 @@ def _mlflow_version() -> str:
 def backup_command(*, backend_store_uri: str | None, artifacts_uri: str | None, destination: str | None,
                    auth_db_uri: str | None, keep: int | None, policy_path: Path | None,
                    as_json: bool) -> int:  # fmt: skip
-    from mlflow_ci.core.output import emit_json
     from mlflow_ci.serverops.profile import resolve_ops
 
     ops = resolve_ops(policy_path, backend_store_uri=backend_store_uri, artifacts_uri=artifacts_uri,
@@ -809,19 +808,15 @@ def backup_command(*, backend_store_uri: str | None, artifacts_uri: str | None, 
                            sample_runs=ops.backup.sample_runs)  # fmt: skip
     summary = summarize(manifest, ops.destination)
     output.set_output("backup_id", manifest["id"])
-    output.write_step_summary(
-        f"### mlflow-ci backup `{manifest['id']}`\n\n| what | value |\n|---|---|\n"
-        + "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k != "destination")
+    table = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k != "destination")
+    text = (
+        f"backup {manifest['id']} written to {ops.destination}: schema {summary['schema_revision']}, "
+        f"{summary['rows']} rows in {summary['tables']} tables, {summary['artifacts']} artifacts "
+        f"({summary['artifact_bytes']} bytes; {summary['objects_copied']} copied, "
+        f"{summary['objects_already_present']} already in the repository)."
     )
-    if as_json:
-        emit_json(summary)
-    else:
-        output.info(
-            f"backup {manifest['id']} written to {ops.destination}: schema {summary['schema_revision']}, "
-            f"{summary['rows']} rows in {summary['tables']} tables, {summary['artifacts']} artifacts "
-            f"({summary['artifact_bytes']} bytes; {summary['objects_copied']} copied, "
-            f"{summary['objects_already_present']} already in the repository)."
-        )
+    output.emit(summary, as_json=as_json, text=text,
+                step_summary=f"### mlflow-ci backup `{manifest['id']}`\n\n| what | value |\n|---|---|\n{table}")  # fmt: skip
     return 0
 
 

@@ -354,15 +354,11 @@ def render_all(server: Server) -> dict[str, str]:
 
 
 def config_command(*, out: Path, policy_path: Path | None, as_json: bool) -> int:
-    from mlflow_ci.core.output import emit_json
     from mlflow_ci.serverops.profile import load_ops
 
     ops = load_ops(policy_path)
     written = {}
     for name, text in render_all(ops.server).items():
         written[name] = str(atomic_write_text(Path(out) / name, text))
-    if as_json:
-        emit_json({"written": written})
-    else:
-        output.info(f"wrote {', '.join(sorted(written))} to {out}")
+    output.emit({"written": written}, as_json=as_json, text=f"wrote {', '.join(sorted(written))} to {out}")
     return 0
