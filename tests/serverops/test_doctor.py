@@ -11,7 +11,7 @@ from conftest import run_cli
 from mlflow_ci.config import Server
 from mlflow_ci.mlflowio.tracking import TrackingServer, free_port
 from mlflow_ci.serverops.backup import BackupRepo
-from mlflow_ci.serverops.doctor import doctor, head_revision
+from mlflow_ci.serverops.doctor import doctor, doctor_command, head_revision
 from mlflow_ci.serverops.profile import allowed_hosts
 
 pytestmark = pytest.mark.service
@@ -78,6 +78,41 @@ def test_body_size_auth_and_unreachable_store_findings(tmp_path: Path) -> None:
     unreachable = _by_name(doctor(server=s3, env={"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}))
     assert unreachable["artifact store reachable"].verdict == "fail"
     assert "MLFLOW_S3_ENDPOINT_URL" in unreachable["artifact store reachable"].detail
+
+
+def test_a_report_goes_to_the_job_summary_and_stderr_and_to_files_only_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # How every server-ops report ends (output.emit_report): stdout carries JSON only, with --json;
+    # people read the Markdown on stderr; no step outputs; the exit code is the command's.
+    summary, outputs = tmp_path / "summary.md", tmp_path / "outputs"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    monkeypatch.setenv("GITHUB_OUTPUT", str(outputs))
+    monkeypatch.chdir(tmp_path)
+    policy = tmp_path / "mlflow-ci.yaml"
+    policy.write_text(yaml.safe_dump({"project": "p", "server": {
+        "backend_store_uri": f"sqlite:///{tmp_path / 'x.db'}", "artifacts_destination": str(tmp_path / "art"),
+        "proxy_auth": "mlflow"}}))  # fmt: skip
+    (tmp_path / "art").mkdir()
+    args = {"tracking_uri": None, "backend_store_uri": None, "artifacts_uri": None, "model_size_mb": None,
+            "policy_path": policy}  # fmt: skip
+
+    assert doctor_command(**args, report_dir=None, as_json=False) == 1  # the auth configuration fails
+    out, err = capsys.readouterr()
+    assert out == ""
+    markdown = summary.read_text()
+    assert markdown.startswith("### ❌ mlflow-ci doctor:")
+    assert err == markdown.rstrip("\n") + "\n\n"  # the report, then print's own newline
+    assert not outputs.exists()
+    assert not list(tmp_path.rglob("doctor.*"))  # no --report-dir: no report files
+
+    assert doctor_command(**args, report_dir=tmp_path / "rep", as_json=True) == 1
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert json.loads(out)["verdict"] == "fail"
+    assert json.loads((tmp_path / "rep" / "doctor.json").read_text())["checks"] == json.loads(out)["checks"]
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["doctor.html", "doctor.json", "doctor.md"]
+    assert summary.read_text().count("### ❌ mlflow-ci doctor:") == 2
 
 
 def test_out_of_date_schema_is_found_then_upgraded_after_a_backup(tmp_path: Path) -> None:

@@ -128,3 +128,26 @@ def finish(report: Report, *, report_dir: Path, as_json: bool, html_extra: str |
         error(f"{report.kind} failed: {names}")
         return CheckFailed.exit_code
     return 0
+
+
+def emit(data: Any, *, as_json: bool, text: str, step_summary: str | None = None) -> None:
+    """The end of a command that prints a result for people on stderr: ``step_summary``
+    (Markdown) appended to the job summary, then ``data`` as JSON on stdout with ``--json``
+    (:func:`emit_json`), else ``text`` on stderr."""
+    if step_summary is not None:
+        write_step_summary(step_summary)
+    if as_json:
+        emit_json(data)
+    else:
+        info(text)
+
+
+def emit_report(report: Report, *, report_dir: Path | None, as_json: bool, text: str | None = None) -> None:
+    """:func:`emit` for a report, as the server operations end: its files only when ``report_dir``
+    is given, its Markdown in the job summary, then the report as JSON on stdout with ``--json``,
+    else its Markdown (or ``text``) on stderr.  Unlike :func:`finish`, no step outputs are set and
+    the exit code stays the caller's."""
+    if report_dir:
+        report.write(report_dir)
+    markdown = report.to_markdown()
+    emit(report.to_dict(), as_json=as_json, text=markdown if text is None else text, step_summary=markdown)

@@ -58,6 +58,7 @@ from mlflow_ci.core.redact import redact
 from mlflow_ci.serverops.artifact_stores import (
     ArtifactStore,
     LocalStore,
+    ObjectInfo,
     _copy_hashing,
     store_for,
     store_scheme,
@@ -336,10 +337,29 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
     """Every object of ``source`` into the repository, in the listing's order: small ones into the
     backup's pack, larger ones under ``objects/`` by checksum; objects deleted between listing and
     copying are left out (counted)."""
-    prev = {o["key"]: o for o in (previous or {}).get("artifacts", {}).get("objects", [])}
     known = repo.trusted_locations()
-    lock = threading.Lock()
     listing = list(source.list())
+    objects, todo = _unchanged(listing, previous, known, stats)
+    copy = _ObjectCopy(source, repo, listing, known, stats, packs)
+    results = parallel.map_batches(copy.batch, todo, threads=parallel.copy_threads(remote=copy.remote))
+    for n, sha, size, where in results:
+        info = listing[n]
+        if sha is None:
+            stats.vanished += 1
+        else:
+            # The size as copied (a file rewritten since the listing is backed up as it now is).
+            objects[n] = {"key": info.key, "size": size, "sha256": sha, "token": info.token, **where}
+    return [o for o in objects if o is not None]
+
+
+def _unchanged(listing: Sequence[ObjectInfo], previous: Mapping[str, Any] | None,
+               known: Mapping[str, dict[str, Any]], stats: _Copied) -> tuple[list[dict[str, Any] | None], list[int]]:  # fmt: skip
+    """The listing's manifest entries so far, and the indexes of the objects left to copy.
+
+    An object whose key, size and change token match the previous manifest keeps its checksum
+    without being read; if the repository already holds that content it needs no copy either,
+    and its entry is filled in here."""
+    prev = {o["key"]: o for o in (previous or {}).get("artifacts", {}).get("objects", [])}
     objects: list[dict[str, Any] | None] = [None] * len(listing)
     todo: list[int] = []
     for n, info in enumerate(listing):
@@ -352,74 +372,43 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
                               **known[before["sha256"]]}  # fmt: skip
                 continue
         todo.append(n)
-    # Plain strings for the paths: pathlib costs more than the read of a small artifact.
-    source_root = str(source.root) + os.sep if isinstance(source, LocalStore) else None
-    repo_root = repo.local_root
-    objects_dir = str(repo_root / "objects") if repo_root is not None else ""
-    if repo_root is not None:
-        os.makedirs(objects_dir, exist_ok=True)
-    made: set[str] = set()
+    return objects, todo
 
-    def object_path(sha: str) -> str:
-        folder = os.path.join(objects_dir, sha[:2])
-        if folder not in made:
-            os.makedirs(folder, exist_ok=True)
-            made.add(folder)
-        return os.path.join(folder, sha)
 
-    def hold(sha: str, size: int, place: Any) -> tuple[dict[str, Any], bool]:
-        """Where ``sha`` is held, and whether this call added it (counted): ``place()`` gives
-        the new location under the lock (the pack appends there; a loose object is ``{}``)."""
-        with lock:
-            if sha in known:
-                stats.skipped_present += 1
-                return known[sha], False
-            known[sha] = where = place()
-            stats.copied += 1
-            stats.bytes_copied += size
-            return where, True
+class _ObjectCopy:
+    """The copy of a listing's objects into the repository, a batch at a time on the copy's
+    threads: each object is read once and hashed on the way, then appended to the pack (small),
+    moved under ``objects/`` (a local repository) or uploaded (an object store), unless the
+    repository already holds its content (``known``, which the copy extends)."""
 
-    def copy_batch(batch: Sequence[int]) -> list[tuple[int, str | None, int, dict[str, Any]]]:
+    def __init__(self, source: ArtifactStore, repo: BackupRepo, listing: Sequence[ObjectInfo],
+                 known: dict[str, dict[str, Any]], stats: _Copied, packs: _PackWriter) -> None:  # fmt: skip
+        self.source, self.repo, self.listing = source, repo, listing
+        self.known, self.stats, self.packs = known, stats, packs
+        self.lock = threading.Lock()
+        # Plain strings for the paths: pathlib costs more than the read of a small artifact.
+        self.source_root = str(source.root) + os.sep if isinstance(source, LocalStore) else None
+        self.repo_root = repo.local_root
+        self.objects_dir = str(self.repo_root / "objects") if self.repo_root is not None else ""
+        if self.repo_root is not None:
+            os.makedirs(self.objects_dir, exist_ok=True)
+        self.made: set[str] = set()
+
+    @property
+    def remote(self) -> bool:
+        """An object store on either side (the copy then runs on several threads)."""
+        return self.source_root is None or self.repo_root is None
+
+    def batch(self, batch: Sequence[int]) -> list[tuple[int, str | None, int, dict[str, Any]]]:
         """(index, checksum, size, location) of each object as copied; checksum None: it vanished."""
         done: list[tuple[int, str | None, int, dict[str, Any]]] = []
         with tempfile.TemporaryDirectory(prefix="mlflow-ci-backup-") as tmp:
             scratch = os.path.join(tmp, "obj")
             for n in batch:
-                info = listing[n]
+                info = self.listing[n]
                 try:
-                    if source_root is not None:
-                        path = source_root + info.key
-                    else:
-                        source.get(info.key, Path(scratch))
-                        path = scratch
-                    if info.size <= PACKED:
-                        # Small: read once, hash, append to the pack (a torn pack is never named
-                        # by a published manifest, so nothing in it is trusted).
-                        with open(path, "rb", buffering=0) as fh:
-                            data = fh.readall()
-                        if len(data) <= PACKED:
-                            sha = hashlib.sha256(data).hexdigest()
-                            where, _ = hold(sha, len(data), functools.partial(packs.add, data))
-                            done.append((n, sha, len(data), where))
-                            continue
-                    if repo_root is not None:
-                        # One read: hash while copying into the repository, then name the copy by its hash.
-                        hasher = hashlib.sha256()
-                        incoming = os.path.join(objects_dir, f".in-{n}.tmp")
-                        size = _copy_hashing(path, incoming, hasher)
-                        sha = hasher.hexdigest()
-                        where, new = hold(sha, size, dict)
-                        if new:
-                            os.replace(incoming, object_path(sha))
-                            stats.loose_written += 1
-                        else:
-                            os.unlink(incoming)
-                    else:
-                        sha = sha256_file(path)
-                        size = os.path.getsize(path)
-                        where, new = hold(sha, size, dict)
-                        if new:
-                            repo.store.put(Path(path), object_key(sha))
+                    path = self._readable(info.key, scratch)
+                    sha, size, where = self._copy(n, info.size, path)
                 except (FileNotFoundError, InfraError):
                     # Deleted between listing and copying (e.g. by `mlflow gc`): not part of this backup.
                     done.append((n, None, 0, {}))
@@ -427,16 +416,77 @@ def _copy_artifacts(source: ArtifactStore, repo: BackupRepo, previous: Mapping[s
                 done.append((n, sha, size, where))
         return done
 
-    remote = source_root is None or repo_root is None
-    results = parallel.map_batches(copy_batch, todo, threads=parallel.copy_threads(remote=remote))
-    for n, sha, size, where in results:
-        info = listing[n]
-        if sha is None:
-            stats.vanished += 1
+    def _readable(self, key: str, scratch: str) -> str:
+        """A local file holding the object: the source's own, or a download into ``scratch``."""
+        if self.source_root is not None:
+            return self.source_root + key
+        self.source.get(key, Path(scratch))
+        return scratch
+
+    def _copy(self, n: int, listed_size: int, path: str) -> tuple[str, int, dict[str, Any]]:
+        """The object's checksum, size and location, copied if the repository lacks it."""
+        if listed_size <= PACKED:
+            packed = self._pack(path)
+            if packed is not None:
+                return packed
+        if self.repo_root is not None:
+            return self._move_in(n, path)
+        return self._upload(path)
+
+    def _pack(self, path: str) -> tuple[str, int, dict[str, Any]] | None:
+        """Small: read once, hash, append to the pack (a torn pack is never named by a published
+        manifest, so nothing in it is trusted).  None: it has grown past ``PACKED`` since it was
+        listed, and is copied loose."""
+        with open(path, "rb", buffering=0) as fh:
+            data = fh.readall()
+        if len(data) > PACKED:
+            return None
+        sha = hashlib.sha256(data).hexdigest()
+        where, _ = self._hold(sha, len(data), functools.partial(self.packs.add, data))
+        return sha, len(data), where
+
+    def _move_in(self, n: int, path: str) -> tuple[str, int, dict[str, Any]]:
+        """Into a local repository: one read, hashing while copying into the repository, then the
+        copy named by its hash (synced with the rest at the end, see :func:`_make_durable`)."""
+        hasher = hashlib.sha256()
+        incoming = os.path.join(self.objects_dir, f".in-{n}.tmp")
+        size = _copy_hashing(path, incoming, hasher)
+        sha = hasher.hexdigest()
+        where, new = self._hold(sha, size, dict)
+        if new:
+            os.replace(incoming, self._object_path(sha))
+            self.stats.loose_written += 1
         else:
-            # The size as copied (a file rewritten since the listing is backed up as it now is).
-            objects[n] = {"key": info.key, "size": size, "sha256": sha, "token": info.token, **where}
-    return [o for o in objects if o is not None]
+            os.unlink(incoming)
+        return sha, size, where
+
+    def _upload(self, path: str) -> tuple[str, int, dict[str, Any]]:
+        """Into an object store: hashed first, for the key, then put if it is new there."""
+        sha = sha256_file(path)
+        size = os.path.getsize(path)
+        where, new = self._hold(sha, size, dict)
+        if new:
+            self.repo.store.put(Path(path), object_key(sha))
+        return sha, size, where
+
+    def _hold(self, sha: str, size: int, place: Any) -> tuple[dict[str, Any], bool]:
+        """Where ``sha`` is held, and whether this call added it (counted): ``place()`` gives
+        the new location under the lock (the pack appends there; a loose object is ``{}``)."""
+        with self.lock:
+            if sha in self.known:
+                self.stats.skipped_present += 1
+                return self.known[sha], False
+            self.known[sha] = where = place()
+            self.stats.copied += 1
+            self.stats.bytes_copied += size
+            return where, True
+
+    def _object_path(self, sha: str) -> str:
+        folder = os.path.join(self.objects_dir, sha[:2])
+        if folder not in self.made:
+            os.makedirs(folder, exist_ok=True)
+            self.made.add(folder)
+        return os.path.join(folder, sha)
 
 
 def _snapshot_db(backend: Backend, staging: Path, stem: str, *, sync: bool, **kw: Any) -> dict[str, Any]:
@@ -502,10 +552,52 @@ def take_backup(
     sample_runs: int = 25,
     env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Take one backup and return its manifest (plus copy statistics)."""
+    """Take one backup and return its manifest (plus copy statistics).
+
+    The steps, in order: check that every store answers and every dump tool is there; then, under
+    the repository's lock, snapshot the database, copy the artifacts (listed once the snapshot's
+    point in time is fixed, while the dump is hashed and synced on another thread), snapshot the
+    auth database, write the manifest, make it all durable and publish it; last, prune.
+    """
     env = dict(os.environ if env is None else env)
     backend = backend_for(backend_store_uri)
     auth = backend_for(auth_db_uri) if auth_db_uri else None
+    source, repo = _open_stores(backend, auth, artifacts_uri, destination, env)
+    backup_id = new_backup_id()
+    sync = repo.local_root is not None  # the dumps stay where they are written (object stores: uploaded)
+    timings: dict[str, float] = {}
+    with repo.lock():
+        _remove_partials(repo)
+        previous_id = repo.latest()
+        previous = repo.manifest(previous_id) if previous_id else None
+        with _staging(repo, backup_id) as staging:
+            snapshot = _start_snapshot(backend, staging, sample_runs, sync=sync)
+            t0 = time.monotonic()
+            objects, stats = _back_up_artifacts(source, repo, backup_id, staging, previous, snapshot,
+                                                artifacts_uri)  # fmt: skip
+            timings["artifacts"] = time.monotonic() - t0
+            db = snapshot.result()
+            timings["database"] = db.pop("seconds")
+            auth_info = None
+            if auth:
+                t0 = time.monotonic()
+                auth_info = _snapshot_auth(auth, staging, sync=sync)
+                timings["auth"] = time.monotonic() - t0
+            manifest = _manifest(
+                backup_id, previous_id, db, auth_info, artifacts_uri, objects, stats, timings
+            )
+            (staging / MANIFEST).write_text(manifest_text(manifest))
+            _make_durable(repo, stats)
+            _publish(repo, staging, backup_id)
+        if keep:
+            manifest["pruned"] = prune(repo, keep=keep)
+    return manifest
+
+
+def _open_stores(backend: Backend, auth: Backend | None, artifacts_uri: str, destination: str,
+                 env: Mapping[str, str]) -> tuple[ArtifactStore, BackupRepo]:  # fmt: skip
+    """The artifact store and the repository, once the dump tools are found and both answer:
+    nothing is written before every part of the backup is known to work."""
     backend.check_tools()
     if auth:
         auth.check_tools()
@@ -516,84 +608,86 @@ def take_backup(
         repo.store.root.mkdir(parents=True, exist_ok=True)
     else:
         repo.store.probe()
-    backup_id = new_backup_id()
-    timings: dict[str, float] = {}
-    with repo.lock():
-        _remove_partials(repo)
-        previous_id = repo.latest()
-        previous = repo.manifest(previous_id) if previous_id else None
-        local_root = repo.local_root
-        staging_ctx: contextlib.AbstractContextManager[str]
-        if local_root is not None:
-            staging = local_root / "backups" / f".partial-{backup_id}"
-            staging.mkdir(parents=True)
-            staging_ctx = contextlib.nullcontext(str(staging))
-        else:
-            staging_ctx = tempfile.TemporaryDirectory(prefix="mlflow-ci-backup-")
-        published = False
-        with staging_ctx as staging_name:
-            staging = Path(staging_name)
-            try:
-                with output.step(f"database snapshot ({backend.kind})"):
-                    # The artifacts are listed from the moment the snapshot is fixed (``taken``),
-                    # while the dump is finished, checked and hashed on another thread.
-                    taken, failed = threading.Event(), threading.Event()
-                    snapshot = parallel.Background(_snapshot_when, taken, failed, backend, staging, sample_runs,
-                                                   local_root is not None)  # fmt: skip
-                    taken.wait()
-                    if failed.is_set():
-                        snapshot.result()  # raises what stopped it
-                t0 = time.monotonic()
-                stats = _Copied()
-                packs = _PackWriter(repo, backup_id, staging)
-                with output.step(f"artifacts from {artifacts_uri}"):
-                    try:
-                        objects = _copy_artifacts(source, repo, previous, stats, packs)
-                        stats.packs_written = len(packs.close())
-                    except BaseException:
-                        packs.abort()
-                        snapshot.join()  # nothing left writing into the staging folder
-                        raise
-                timings["artifacts"] = time.monotonic() - t0
-                db = snapshot.result()
-                timings["database"] = db.pop("seconds")
-                auth_info = None
-                if auth:
-                    t0 = time.monotonic()
-                    with output.step(f"auth database snapshot ({auth.kind})"):
-                        auth_info = _snapshot_db(
-                            auth, staging, "auth", sync=local_root is not None, sample_runs=0
-                        )
-                        auth_info.pop("sample", None)
-                    timings["auth"] = time.monotonic() - t0
-                manifest = {
-                    "format": FORMAT,
-                    "id": backup_id,
-                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "previous": previous_id,
-                    "mlflow_version": _mlflow_version(),
-                    "mlflow_ci_version": __version__,
-                    "backend": db,
-                    "auth": auth_info,
-                    "artifacts": {
-                        "uri": artifacts_uri,
-                        "scheme": store_scheme(artifacts_uri),
-                        "count": len(objects),
-                        "bytes": sum(o["size"] for o in objects),
-                        "objects": objects,
-                    },
-                    "stats": {**stats.__dict__, "seconds": {k: round(v, 3) for k, v in timings.items()}},
-                }
-                (staging / MANIFEST).write_text(manifest_text(manifest))
-                _make_durable(repo, stats)
-                _publish(repo, staging, backup_id)
-                published = True
-            finally:
-                if local_root is not None and not published:
-                    shutil.rmtree(staging, ignore_errors=True)
-        if keep:
-            manifest["pruned"] = prune(repo, keep=keep)
-    return manifest
+    return source, repo
+
+
+@contextlib.contextmanager
+def _staging(repo: BackupRepo, backup_id: str) -> Iterator[Path]:
+    """The folder the backup's own files (dumps, manifest) are assembled in: in a local repository
+    ``backups/.partial-<id>``, renamed into place by :func:`_publish` and removed if the backup
+    fails before; for an object store a scratch folder they are uploaded from."""
+    root = repo.local_root
+    if root is None:
+        with tempfile.TemporaryDirectory(prefix="mlflow-ci-backup-") as scratch:
+            yield Path(scratch)
+        return
+    staging = root / "backups" / f".partial-{backup_id}"
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _start_snapshot(backend: Backend, staging: Path, sample_runs: int, *, sync: bool) -> parallel.Background:
+    """The tracking database's snapshot on another thread, returned once its point in time is
+    fixed: the artifacts are listed from then on, while the dump is finished, checked and hashed
+    there (:func:`_snapshot_when`)."""
+    with output.step(f"database snapshot ({backend.kind})"):
+        taken, failed = threading.Event(), threading.Event()
+        snapshot = parallel.Background(_snapshot_when, taken, failed, backend, staging, sample_runs, sync)
+        taken.wait()
+        if failed.is_set():
+            snapshot.result()  # raises what stopped it
+    return snapshot
+
+
+def _back_up_artifacts(source: ArtifactStore, repo: BackupRepo, backup_id: str, staging: Path,
+                       previous: Mapping[str, Any] | None, snapshot: parallel.Background,
+                       artifacts_uri: str) -> tuple[list[dict[str, Any]], _Copied]:  # fmt: skip
+    """The artifacts' manifest entries and the copy's statistics, the backup's packs closed."""
+    stats = _Copied()
+    packs = _PackWriter(repo, backup_id, staging)
+    with output.step(f"artifacts from {artifacts_uri}"):
+        try:
+            objects = _copy_artifacts(source, repo, previous, stats, packs)
+            stats.packs_written = len(packs.close())
+        except BaseException:
+            packs.abort()
+            snapshot.join()  # nothing left writing into the staging folder
+            raise
+    return objects, stats
+
+
+def _snapshot_auth(auth: Backend, staging: Path, *, sync: bool) -> dict[str, Any]:
+    with output.step(f"auth database snapshot ({auth.kind})"):
+        info = _snapshot_db(auth, staging, "auth", sync=sync, sample_runs=0)
+        info.pop("sample", None)
+    return info
+
+
+def _manifest(backup_id: str, previous_id: str | None, db: dict[str, Any], auth_info: dict[str, Any] | None,
+              artifacts_uri: str, objects: list[dict[str, Any]], stats: _Copied,
+              timings: Mapping[str, float]) -> dict[str, Any]:  # fmt: skip
+    return {
+        "format": FORMAT,
+        "id": backup_id,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "previous": previous_id,
+        "mlflow_version": _mlflow_version(),
+        "mlflow_ci_version": __version__,
+        "backend": db,
+        "auth": auth_info,
+        "artifacts": {
+            "uri": artifacts_uri,
+            "scheme": store_scheme(artifacts_uri),
+            "count": len(objects),
+            "bytes": sum(o["size"] for o in objects),
+            "objects": objects,
+        },
+        "stats": {**stats.__dict__, "seconds": {k: round(v, 3) for k, v in timings.items()}},
+    }
 
 
 def _make_durable(repo: BackupRepo, stats: _Copied) -> None:
@@ -701,7 +795,6 @@ def _mlflow_version() -> str:
 def backup_command(*, backend_store_uri: str | None, artifacts_uri: str | None, destination: str | None,
                    auth_db_uri: str | None, keep: int | None, policy_path: Path | None,
                    as_json: bool) -> int:  # fmt: skip
-    from mlflow_ci.core.output import emit_json
     from mlflow_ci.serverops.profile import resolve_ops
 
     ops = resolve_ops(policy_path, backend_store_uri=backend_store_uri, artifacts_uri=artifacts_uri,
@@ -715,19 +808,15 @@ def backup_command(*, backend_store_uri: str | None, artifacts_uri: str | None, 
                            sample_runs=ops.backup.sample_runs)  # fmt: skip
     summary = summarize(manifest, ops.destination)
     output.set_output("backup_id", manifest["id"])
-    output.write_step_summary(
-        f"### mlflow-ci backup `{manifest['id']}`\n\n| what | value |\n|---|---|\n"
-        + "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k != "destination")
+    table = "\n".join(f"| {k} | {v} |" for k, v in summary.items() if k != "destination")
+    text = (
+        f"backup {manifest['id']} written to {ops.destination}: schema {summary['schema_revision']}, "
+        f"{summary['rows']} rows in {summary['tables']} tables, {summary['artifacts']} artifacts "
+        f"({summary['artifact_bytes']} bytes; {summary['objects_copied']} copied, "
+        f"{summary['objects_already_present']} already in the repository)."
     )
-    if as_json:
-        emit_json(summary)
-    else:
-        output.info(
-            f"backup {manifest['id']} written to {ops.destination}: schema {summary['schema_revision']}, "
-            f"{summary['rows']} rows in {summary['tables']} tables, {summary['artifacts']} artifacts "
-            f"({summary['artifact_bytes']} bytes; {summary['objects_copied']} copied, "
-            f"{summary['objects_already_present']} already in the repository)."
-        )
+    output.emit(summary, as_json=as_json, text=text,
+                step_summary=f"### mlflow-ci backup `{manifest['id']}`\n\n| what | value |\n|---|---|\n{table}")  # fmt: skip
     return 0
 
 

@@ -13,21 +13,28 @@
   the generated files.
 
 Rendering is pure (a profile in, text out) so the committed examples in ``docs/deploy/`` are
-checked against the generator by a test.
+checked against the generator by a test.  The nginx text is a Jinja2 template shipped with the
+package (``templates/``, read through :mod:`importlib.resources`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import shlex
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from mlflow_ci.config import Server
 from mlflow_ci.core import output
 from mlflow_ci.core.fsutil import atomic_write_text
 from mlflow_ci.serverops.profile import allowed_hosts, server_args
+
+if TYPE_CHECKING:
+    import jinja2
 
 MLFLOW_VERSION = "3.17.2"
 _ITOA64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -99,108 +106,62 @@ def render_nginx(
     user: str | None = None,
     certificate: tuple[str, str] | None = None,
 ) -> str:
-    """The nginx configuration for a profile.
+    """The nginx configuration for a profile (``templates/nginx-site.conf.j2``).
 
     By default a site file for ``/etc/nginx/conf.d/``.  ``standalone_prefix`` renders a complete
-    ``nginx.conf`` whose pid, logs and temp folders live under that prefix (used by tests and the
-    restore drill to run a real nginx without touching the system's).
+    ``nginx.conf`` (``templates/nginx-standalone.conf.j2``) whose pid, logs and temp folders live
+    under that prefix (used by tests and the restore drill to run a real nginx without touching
+    the system's).
     """
-    host = _public_host(server)
-    upstream = upstream or f"{server.host}:{server.port}"
-    body = f"{server.max_body_size_mb}m"
-    timeout = f"{server.proxy_timeout_s}s"
-    if server.proxy_auth == "nginx-basic":
-        auth = f'        auth_basic "MLflow";\n        auth_basic_user_file {htpasswd_path};\n'
-    elif server.proxy_auth == "mlflow":
-        auth = "        # MLflow's basic-auth app checks credentials: pass the header through untouched.\n" \
-               "        proxy_set_header Authorization $http_authorization;\n"  # fmt: skip
-    else:
-        auth = "        # No authentication: only acceptable on a private network.\n"
-    listen_line = listen or ("443 ssl" if tls else "80")
-    tls_block = ""
-    redirect = ""
-    if tls:
-        cert, key = certificate or (
-            "/etc/nginx/tls/CHANGE-ME-fullchain.pem",
-            "/etc/nginx/tls/CHANGE-ME-privkey.pem",
-        )
-        tls_block = (
-            "    # TLS: replace the placeholders with your certificate (e.g. from certbot or your CA).\n"
-            f"    ssl_certificate     {cert};\n"
-            f"    ssl_certificate_key {key};\n"
-            "    ssl_protocols TLSv1.2 TLSv1.3;\n"
-            "    ssl_session_cache shared:mlflow_tls:10m;\n"
-            '    add_header Strict-Transport-Security "max-age=31536000" always;\n'
-        )
-    if tls and listen is None:
-        redirect = (
-            "server {\n"
-            "    listen 80;\n"
-            f"    server_name {host};\n"
-            "    return 301 https://$host$request_uri;\n"
-            "}\n\n"
-        )
-    site = f"""{redirect}upstream mlflow {{
-    server {upstream};
-    keepalive 16;
-}}
-
-server {{
-    listen {listen_line};
-    server_name {host};
-{tls_block}
-    # Model artifacts are large: accept them, stream them (no temp files), wait for them.
-    client_max_body_size {body};
-    proxy_request_buffering off;
-    proxy_buffering off;
-    proxy_connect_timeout 10s;
-    proxy_send_timeout {timeout};
-    proxy_read_timeout {timeout};
-    send_timeout {timeout};
-
-    # MLflow checks the Host header against --allowed-hosts ({", ".join(allowed_hosts(server)[:2])}, ...).
-    proxy_set_header Host $host;
-    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-    proxy_set_header X-Forwarded-Proto $scheme;
-    proxy_set_header X-Forwarded-Host $host;
-    proxy_http_version 1.1;
-    proxy_set_header Connection "";
-
-    location = /health {{
-        # For load balancers and `mlflow-ci server doctor`: no credentials needed.
-        proxy_pass http://mlflow;
-    }}
-
-    location / {{
-{auth}        proxy_pass http://mlflow;
-    }}
-}}
-"""
+    cert, key = certificate or (
+        "/etc/nginx/tls/CHANGE-ME-fullchain.pem",
+        "/etc/nginx/tls/CHANGE-ME-privkey.pem",
+    )
+    site = _template(
+        "nginx-site.conf.j2"
+    ).render(
+        site_file=standalone_prefix is None,
+        redirect=tls and listen is None,  # HTTP → HTTPS, on the default ports only
+        host=_public_host(server),
+        upstream=upstream or f"{server.host}:{server.port}",
+        listen=listen or ("443 ssl" if tls else "80"),
+        tls=tls,
+        certificate=cert,
+        key=key,
+        max_body_size_mb=server.max_body_size_mb,
+        timeout_s=server.proxy_timeout_s,
+        allowed_hosts=allowed_hosts(server)[:2],
+        auth=server.proxy_auth,
+        htpasswd_path=htpasswd_path,
+    )
     if standalone_prefix is None:
-        return (
-            "# Generated by `mlflow-ci server config` from the server: profile. Site file for /etc/nginx/conf.d/.\n"
-            + site
-        )
-    p = standalone_prefix
-    indented = "\n".join(("    " + line) if line else "" for line in site.splitlines())
-    user_line = f"user {user};\n" if user else ""
-    return f"""# Generated by mlflow-ci: a self-contained nginx.conf (prefix {p}).
-{user_line}worker_processes 1;
-pid {p}/nginx.pid;
-error_log {p}/error.log warn;
-events {{
-    worker_connections 256;
-}}
-http {{
-    access_log {p}/access.log;
-    client_body_temp_path {p}/client_body;
-    proxy_temp_path {p}/proxy;
-    fastcgi_temp_path {p}/fastcgi;
-    uwsgi_temp_path {p}/uwsgi;
-    scgi_temp_path {p}/scgi;
-{indented}
-}}
-"""
+        return site
+    return _template("nginx-standalone.conf.j2").render(
+        prefix=standalone_prefix,
+        user=user,
+        # The site inside http { }, one level deeper.
+        site="\n".join(("    " + line) if line else "" for line in site.splitlines()),
+    )
+
+
+@functools.cache
+def _template(name: str) -> jinja2.Template:
+    """A template shipped with the package (``mlflow_ci/serverops/templates/``).
+
+    ``trim_blocks`` and ``lstrip_blocks``: a line holding only ``{% if %}`` (indented or not)
+    leaves nothing in the output; ``keep_trailing_newline``: the file's last newline stays.
+    """
+    import jinja2
+
+    text = (resources.files("mlflow_ci.serverops") / "templates" / name).read_text(encoding="utf-8")
+    env = jinja2.Environment(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701 - an nginx configuration, not HTML: nothing to escape
+    )
+    return env.from_string(text)
 
 
 def render_systemd(server: Server, *, mlflow_bin: str = "/opt/mlflow/venv/bin/mlflow") -> str:
@@ -393,15 +354,11 @@ def render_all(server: Server) -> dict[str, str]:
 
 
 def config_command(*, out: Path, policy_path: Path | None, as_json: bool) -> int:
-    from mlflow_ci.core.output import emit_json
     from mlflow_ci.serverops.profile import load_ops
 
     ops = load_ops(policy_path)
     written = {}
     for name, text in render_all(ops.server).items():
         written[name] = str(atomic_write_text(Path(out) / name, text))
-    if as_json:
-        emit_json({"written": written})
-    else:
-        output.info(f"wrote {', '.join(sorted(written))} to {out}")
+    output.emit({"written": written}, as_json=as_json, text=f"wrote {', '.join(sorted(written))} to {out}")
     return 0

@@ -286,18 +286,11 @@ def doctor(*, server: Server, server_url: str | None = None, model_size_mb: floa
 def doctor_command(*, tracking_uri: str | None, backend_store_uri: str | None, artifacts_uri: str | None,
                    model_size_mb: float | None, policy_path: Path | None, report_dir: Path | None,
                    as_json: bool) -> int:  # fmt: skip
-    from mlflow_ci.core.output import emit_json
     from mlflow_ci.serverops.profile import resolve_ops
 
     ops = resolve_ops(policy_path, backend_store_uri=backend_store_uri, artifacts_uri=artifacts_uri)
     report = doctor(server=ops.server, server_url=tracking_uri, model_size_mb=model_size_mb)
-    if report_dir:
-        report.write(report_dir)
-    output.write_step_summary(report.to_markdown())
-    if as_json:
-        emit_json(report.to_dict())
-    else:
-        output.info(report.to_markdown())
+    output.emit_report(report, report_dir=report_dir, as_json=as_json)
     return 1 if report.verdict == "fail" else 0
 
 
@@ -343,7 +336,6 @@ def upgrade(*, backend_store_uri: str, artifacts_uri: str, destination: str, aut
 
 def upgrade_command(*, backend_store_uri: str | None, artifacts_uri: str | None, destination: str | None,
                     dry_run: bool, policy_path: Path | None, as_json: bool) -> int:  # fmt: skip
-    from mlflow_ci.core.output import emit_json
     from mlflow_ci.serverops.profile import resolve_ops
 
     ops = resolve_ops(policy_path, backend_store_uri=backend_store_uri, artifacts_uri=artifacts_uri,
@@ -353,9 +345,7 @@ def upgrade_command(*, backend_store_uri: str | None, artifacts_uri: str | None,
                           hint="Pass --to DEST or set backup.destination.")  # fmt: skip
     result = upgrade(backend_store_uri=ops.backend_store_uri, artifacts_uri=ops.artifacts_uri,
                      destination=ops.destination, auth_db_uri=ops.auth_db_uri, dry_run=dry_run)  # fmt: skip
-    if as_json:
-        emit_json(result)
-    else:
-        output.info(f"schema {result['before']} → {result['after']} ({result['status']})"
-                    + (f"; backup {result['backup']}" if result["backup"] else ""))  # fmt: skip
+    output.emit(result, as_json=as_json,
+                text=f"schema {result['before']} → {result['after']} ({result['status']})"
+                + (f"; backup {result['backup']}" if result["backup"] else ""))  # fmt: skip
     return 0

@@ -470,6 +470,16 @@ def verify_artifacts(manifest: Mapping[str, Any], target: ArtifactStore) -> Chec
 # The command
 
 
+def _plan_text(p: Mapping[str, Any]) -> str:
+    """What a dry run would restore, in one sentence."""
+    return (
+        f"would restore backup {p['backup']} ({p['created']}, MLflow {p['mlflow_version']}): "
+        f"{p['backend']['rows']} rows in {p['backend']['tables']} tables (schema {p['backend']['schema_revision']}) "
+        f"into {p['backend']['into']}, {p['artifacts']['count']} artifacts ({p['artifacts']['bytes']} bytes) "
+        f"into {p['artifacts']['into']}" + (", and the auth database" if p["auth"] else "") + "."
+    )
+
+
 def restore_command(*, source: str | None, backend_store_uri: str | None, artifacts_uri: str | None,
                     auth_db_uri: str | None, backup_id: str | None, dry_run: bool, server_check: bool,
                     policy_path: Path | None, report_dir: Path | None, as_json: bool, drill: bool = False) -> int:  # fmt: skip
@@ -477,7 +487,6 @@ def restore_command(*, source: str | None, backend_store_uri: str | None, artifa
         # First of all, before even the policy's models are imported: the read-back server's
         # process imports MLflow (the longest part of a restore) while the rest is done.
         server = read_back_server(stack) if server_check and not dry_run else None
-        from mlflow_ci.core.output import emit_json
         from mlflow_ci.serverops.profile import resolve_ops
 
         ops = resolve_ops(policy_path, destination=source)
@@ -513,21 +522,8 @@ def restore_command(*, source: str | None, backend_store_uri: str | None, artifa
         if drill:
             report.title = f"restore drill of backup {report.data['plan']['backup']}"
             report.kind = "restore-drill"
-    if report_dir:
-        report.write(report_dir)
-    output.write_step_summary(report.to_markdown())
-    if as_json:
-        emit_json(report.to_dict())
-    elif dry_run:
-        p = report.data["plan"]
-        output.info(
-            f"would restore backup {p['backup']} ({p['created']}, MLflow {p['mlflow_version']}): "
-            f"{p['backend']['rows']} rows in {p['backend']['tables']} tables (schema {p['backend']['schema_revision']}) "
-            f"into {p['backend']['into']}, {p['artifacts']['count']} artifacts ({p['artifacts']['bytes']} bytes) "
-            f"into {p['artifacts']['into']}" + (", and the auth database" if p["auth"] else "") + "."
-        )
-    else:
-        output.info(report.to_markdown())
+    output.emit_report(report, report_dir=report_dir, as_json=as_json,
+                       text=_plan_text(report.data["plan"]) if dry_run else None)  # fmt: skip
     if report.verdict == "fail":
         raise CheckFailed(
             f"Restore of backup {report.data['plan']['backup']} did not verify: "

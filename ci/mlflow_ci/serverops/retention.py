@@ -402,7 +402,6 @@ def retention(*, tracking_uri: str, policy: Retention, backend_store_uri: str | 
 
 def retention_command(*, tracking_uri: str | None, backend_store_uri: str | None, artifacts_uri: str | None,
                       dry_run: bool, policy_path: Path | None, report_dir: Path | None, as_json: bool) -> int:  # fmt: skip
-    from mlflow_ci.core.output import emit_json
     from mlflow_ci.serverops.profile import resolve_ops
 
     ops = resolve_ops(policy_path, backend_store_uri=backend_store_uri, artifacts_uri=artifacts_uri)
@@ -415,21 +414,15 @@ def retention_command(*, tracking_uri: str | None, backend_store_uri: str | None
                           hint="Pass --tracking-uri (or set MLFLOW_TRACKING_URI or server.public_url).")  # fmt: skip
     report = retention(tracking_uri=uri, policy=ops.retention, backend_store_uri=backend,
                        artifacts_uri=artifacts, dry_run=dry_run)  # fmt: skip
-    if report_dir:
-        report.write(report_dir)
-    output.write_step_summary(report.to_markdown())
     output.set_output("retention_candidates", str(len(report.data["candidates"])))
-    if as_json:
-        emit_json(report.to_dict())
-    else:
-        output.info(report.to_markdown())
-        for entry in report.data["candidates"]:
-            output.info(f"  {'would delete' if dry_run else 'deleted'} {entry['run_id']} ({entry['experiment']}): "
-                        f"{entry['why']}; {entry['bytes'] if entry['bytes'] is not None else '?'} bytes")  # fmt: skip
-        for entry in report.data["protected"]:
-            output.info(
-                f"  kept {entry['run_id']} ({entry['experiment']}): {', '.join(entry['protected_by'])}"
-            )
+    # For people: the report, then one line per run deleted (or that would be) and per run kept.
+    lines = [report.to_markdown()]
+    for entry in report.data["candidates"]:
+        lines.append(f"  {'would delete' if dry_run else 'deleted'} {entry['run_id']} ({entry['experiment']}): "
+                     f"{entry['why']}; {entry['bytes'] if entry['bytes'] is not None else '?'} bytes")  # fmt: skip
+    for entry in report.data["protected"]:
+        lines.append(f"  kept {entry['run_id']} ({entry['experiment']}): {', '.join(entry['protected_by'])}")
+    output.emit_report(report, report_dir=report_dir, as_json=as_json, text="\n".join(lines))
     if report.verdict == "fail":
         raise CheckFailed("; ".join(f"{c.name}: {c.found}" for c in report.failures) + ".")
     return 0
