@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mlflow_ci.mlflowio.tags import LOCK_HASH, PULL_REQUEST
+
 LOCK_FILES = ("uv.lock", "poetry.lock", "requirements.lock", "requirements.txt", "pylock.toml")
 
 
@@ -46,7 +48,7 @@ def pull_request(
     m = re.match(r"refs/pull/(\d+)/", env.get("GITHUB_REF", ""))
     if m:
         return m.group(1)
-    return (run_tags or {}).get("mlflow_ci.pull_request", "")
+    return (run_tags or {}).get(PULL_REQUEST, "")
 
 
 def git_commit(env: Mapping[str, str], run_tags: Mapping[str, str]) -> str:
@@ -69,4 +71,4 @@ def lock_file_hash(project_dir: Path | None, run_tags: Mapping[str, str]) -> str
             path = Path(project_dir) / name
             if path.is_file():
                 return f"{name}:sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
-    return run_tags.get("mlflow_ci.lock_hash", "")
+    return run_tags.get(LOCK_HASH, "")

@@ -17,6 +17,7 @@ from typing import Any
 
 from mlflow_ci.core.errors import ConfigError
 from mlflow_ci.mlflowio.registry import Connection, connect, error_code, get_run, get_version, mlflow_errors
+from mlflow_ci.mlflowio.tags import GIT_COMMIT
 
 MODEL_DIR_FILE = "MLmodel"
 SERVING_EXAMPLE = "serving_input_example.json"
@@ -203,7 +204,7 @@ def _from_version(conn: Connection, uri: str, mv: Any, env: Mapping[str, str]) -
     run_tags: dict[str, str] = {}
     if mv.run_id:
         run_tags = dict(get_run(conn, mv.run_id).data.tags)
-    commit = (mv.tags or {}).get("mlflow_ci.git_commit") or _commit(run_tags, env)
+    commit = (mv.tags or {}).get(GIT_COMMIT) or _commit(run_tags, env)
     return ModelRef(
         requested=uri,
         uri=f"models:/{mv.name}/{mv.version}",

@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-TAG_PREFIX = "mlflow_ci."
+from mlflow_ci.mlflowio.tags import ENV_MANAGER, GIT_COMMIT, LOCK_HASH, MLFLOW_VERSION, PYTHON_VERSION
 
 
 def git_commit(project: Path) -> str:
@@ -63,9 +63,9 @@ def facts(project: Path, *, python_version: str, env_manager: str) -> dict[str, 
     import mlflow
 
     return {
-        f"{TAG_PREFIX}git_commit": git_commit(project),
-        f"{TAG_PREFIX}lock_hash": lock_hash(project),
-        f"{TAG_PREFIX}python_version": python_version,
-        f"{TAG_PREFIX}mlflow_version": mlflow.__version__,
-        f"{TAG_PREFIX}env_manager": env_manager,
+        GIT_COMMIT: git_commit(project),
+        LOCK_HASH: lock_hash(project),
+        PYTHON_VERSION: python_version,
+        MLFLOW_VERSION: mlflow.__version__,
+        ENV_MANAGER: env_manager,
     }

@@ -36,15 +36,17 @@ from mlflow_ci.mlflowio.registry import (
     mlflow_errors,
     version_for_run,
 )
+from mlflow_ci.mlflowio.tags import (
+    AUDIT_ANCHOR_PREFIX,
+    AUDIT_ENTRY,
+    AUDIT_HASH,
+    AUDIT_MODEL,
+    AUDIT_OP,
+    AUDIT_PHASE,
+    AUDIT_SEQ,
+)
 from mlflow_ci.release.lease import Lease, acquire
 
-T_MODEL = "mlflow_ci.audit.model"
-T_SEQ = "mlflow_ci.audit.seq"
-T_ENTRY = "mlflow_ci.audit.entry"
-T_HASH = "mlflow_ci.audit.hash"
-T_OP = "mlflow_ci.audit.op"
-T_PHASE = "mlflow_ci.audit.phase"
-ANCHOR_PREFIX = "mlflow_ci.audit.head."
 GENESIS = "0" * 64
 SEQ_WIDTH = 10
 MAX_WHY = 2000
@@ -158,7 +160,7 @@ class AuditLog:
     # -- reading ---------------------------------------------------------------------------------
 
     def _filter(self, model: str) -> str:
-        return f"tags.`{T_MODEL}` = '{model.replace(chr(39), chr(92) + chr(39))}'"
+        return f"tags.`{AUDIT_MODEL}` = '{model.replace(chr(39), chr(92) + chr(39))}'"
 
     def head(self, model: str) -> Stored | None:
         """The newest entry of ``model``: one query, whatever the length of the log."""
@@ -169,7 +171,7 @@ class AuditLog:
                 [self.experiment_id],
                 filter_string=self._filter(model),
                 run_view_type=ViewType.ALL,
-                order_by=[f"tags.`{T_SEQ}` DESC"],
+                order_by=[f"tags.`{AUDIT_SEQ}` DESC"],
                 max_results=1,
             )
         return _stored(runs[0]) if runs else None
@@ -187,7 +189,7 @@ class AuditLog:
                     [self.experiment_id],
                     filter_string=self._filter(model),
                     run_view_type=ViewType.ALL,
-                    order_by=[f"tags.`{T_SEQ}` {'DESC' if newest_first else 'ASC'}"],
+                    order_by=[f"tags.`{AUDIT_SEQ}` {'DESC' if newest_first else 'ASC'}"],
                     max_results=min(1000, limit - seen) if limit else 1000,
                     page_token=token,
                 )
@@ -204,12 +206,14 @@ class AuditLog:
         """Models that have an anchor in this log (one call)."""
         with mlflow_errors(self.conn.server, "reading the audit experiment"):
             exp = self.conn.client.get_experiment(self.experiment_id)
-        return sorted(k[len(ANCHOR_PREFIX) :] for k in (exp.tags or {}) if k.startswith(ANCHOR_PREFIX))
+        return sorted(
+            k[len(AUDIT_ANCHOR_PREFIX) :] for k in (exp.tags or {}) if k.startswith(AUDIT_ANCHOR_PREFIX)
+        )
 
     def anchor(self, model: str) -> str | None:
         with mlflow_errors(self.conn.server, "reading the audit experiment"):
             exp = self.conn.client.get_experiment(self.experiment_id)
-        return (exp.tags or {}).get(ANCHOR_PREFIX + model)
+        return (exp.tags or {}).get(AUDIT_ANCHOR_PREFIX + model)
 
     # -- writing (callers hold the model's lease) --------------------------------------------------
 
@@ -231,19 +235,19 @@ class AuditLog:
         )
         digest = entry.digest
         tags = {
-            T_MODEL: model,
-            T_SEQ: str(seq).zfill(SEQ_WIDTH),
-            T_ENTRY: entry.canonical(),
-            T_HASH: digest,
-            T_OP: op,
-            T_PHASE: phase,
+            AUDIT_MODEL: model,
+            AUDIT_SEQ: str(seq).zfill(SEQ_WIDTH),
+            AUDIT_ENTRY: entry.canonical(),
+            AUDIT_HASH: digest,
+            AUDIT_OP: op,
+            AUDIT_PHASE: phase,
             "mlflow.runName": f"{model} #{seq} {op} {phase}",
             "mlflow.user": who,
         }
         client = self.conn.client
         with mlflow_errors(self.conn.server, f"appending audit entry #{seq} for model {model!r}"):
             run = client.create_run(self.experiment_id, tags=tags, run_name=tags["mlflow.runName"])
-            client.set_experiment_tag(self.experiment_id, ANCHOR_PREFIX + model, f"{seq}:{digest}")
+            client.set_experiment_tag(self.experiment_id, AUDIT_ANCHOR_PREFIX + model, f"{seq}:{digest}")
             client.update_run(run.info.run_id, status="FINISHED")  # set_terminated prints a URL on stdout
         return entry
 
@@ -258,13 +262,13 @@ def _stored(run: Any) -> Stored:
     tags = run.data.tags
     entry, error = None, ""
     try:
-        entry = Entry.parse(tags.get(T_ENTRY, ""))
+        entry = Entry.parse(tags.get(AUDIT_ENTRY, ""))
     except (ValueError, TypeError) as exc:
         error = f"entry body is not valid ({type(exc).__name__}: {exc})"
     return Stored(
         run_id=run.info.run_id,
-        seq_tag=tags.get(T_SEQ, ""),
-        hash_tag=tags.get(T_HASH, ""),
+        seq_tag=tags.get(AUDIT_SEQ, ""),
+        hash_tag=tags.get(AUDIT_HASH, ""),
         deleted=run.info.lifecycle_stage != "active",
         entry=entry,
         error=error,

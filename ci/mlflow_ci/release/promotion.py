@@ -29,7 +29,8 @@ from mlflow_ci.core import faults, output
 from mlflow_ci.core.errors import CheckFailed, ConcurrentChange, ConfigError, PolicyError
 from mlflow_ci.core.report import Check, Report, check
 from mlflow_ci.mlflowio import lineage
-from mlflow_ci.mlflowio.registry import Connection, aliases, connect, get_version, mlflow_errors, previous_tag
+from mlflow_ci.mlflowio.registry import Connection, aliases, connect, get_version, mlflow_errors
+from mlflow_ci.mlflowio.tags import SUBJECT_TAG, VERDICT_TAG, approved_at_tag, approved_by_tag, previous_tag
 from mlflow_ci.release.audit import AuditLog, Entry, observe, registry_change
 from mlflow_ci.release.lease import Lease
 
@@ -87,10 +88,8 @@ def move_alias(
         with mlflow_errors(conn.server, f"tagging version {to_version} of model {model!r}"):
             client.set_model_version_tag(model, str(to_version), previous_tag(alias), current or "")
             if approved_by:
-                client.set_model_version_tag(
-                    model, str(to_version), f"mlflow_ci.approved_by.{alias}", approved_by
-                )
-                client.set_model_version_tag(model, str(to_version), f"mlflow_ci.approved_at.{alias}", stamp)
+                client.set_model_version_tag(model, str(to_version), approved_by_tag(alias), approved_by)
+                client.set_model_version_tag(model, str(to_version), approved_at_tag(alias), stamp)
         lease.check()
         faults.point("before_alias")
         with mlflow_errors(conn.server, f"moving alias {alias!r} of model {model!r} to version {to_version}"):
@@ -205,8 +204,6 @@ def _v(version: str | None) -> str:
 
 def serve_check_passed(mv: Any) -> Check:
     """``require_serve_check``: the version carries a passed ``mlflow-ci serve-check`` (deploy branch)."""
-    from mlflow_ci.mlflowio.tags import SUBJECT_TAG, VERDICT_TAG
-
     verdict = (mv.tags or {}).get(VERDICT_TAG)
     subject = (mv.tags or {}).get(SUBJECT_TAG, "")
     return check(

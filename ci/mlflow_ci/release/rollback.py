@@ -15,7 +15,8 @@ from mlflow_ci.config import load_command_policy
 from mlflow_ci.core import output
 from mlflow_ci.core.errors import CheckFailed, ConcurrentChange, ConfigError
 from mlflow_ci.core.report import Report, check
-from mlflow_ci.mlflowio.registry import aliases, connect, get_version, previous_tag
+from mlflow_ci.mlflowio.registry import aliases, connect, get_version
+from mlflow_ci.mlflowio.tags import previous_tag
 from mlflow_ci.release.audit import registry_change
 from mlflow_ci.release.promotion import Actor, move_alias
 
