@@ -217,7 +217,7 @@ def test_uv_smoke_starts_the_prediction_ahead(tracking_server: TrackingServer, t
     on, that interpreter was started while the entry point ran, and a worker started in any other
     environment is never used."""
     from mlflow_ci.checks import modelenv
-    from mlflow_ci.mlflowio import reproducibility
+    from mlflow_ci.mlflowio import lineage as reproducibility
 
     project = _copy_example(tmp_path)
     first, report = smoke_json(project, tracking_server.url, "--env-manager", "uv")

@@ -21,7 +21,8 @@ from mlflow_ci.core import output, proc
 from mlflow_ci.core.errors import ConfigError, PolicyError
 from mlflow_ci.core.output import finish
 from mlflow_ci.core.report import Check, Report, check
-from mlflow_ci.mlflowio import envmanagers, reproducibility, tracking
+from mlflow_ci.mlflowio import envmanagers, tracking
+from mlflow_ci.mlflowio import lineage as reproducibility
 from mlflow_ci.mlflowio.modelref import find_logged_model
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 TAG_PREFIX = "mlflow_ci."
 
-# -- runs: what `mlflow-ci smoke` records (reproducibility) ----------------------------------------
+# -- runs: what `mlflow-ci smoke` records (mlflowio.lineage.facts) ---------------------------------
 GIT_COMMIT = "mlflow_ci.git_commit"
 LOCK_HASH = "mlflow_ci.lock_hash"
 PYTHON_VERSION = "mlflow_ci.python_version"
