@@ -56,6 +56,11 @@ def mlflow_errors(server: str, what: str) -> Iterator[None]:
         raise InfraError(f"The tracking server at {server} refused {what}: {text[:400]}") from None
 
 
+def version_label(version: str | None, *, none: str = "(none)") -> str:
+    """``v3`` for version 3; ``none`` when no version (an alias that points nowhere yet)."""
+    return f"v{version}" if version else none
+
+
 def error_code(exc: BaseException) -> str | None:
     return getattr(exc, "error_code", None)
 

@@ -35,6 +35,7 @@ from mlflow_ci.mlflowio.registry import (
     latest_version_number,
     mlflow_errors,
     version_for_run,
+    version_label,
 )
 from mlflow_ci.mlflowio.tags import (
     AUDIT_ANCHOR_PREFIX,
@@ -90,15 +91,11 @@ class Entry:
     def summary(self) -> str:
         move = ""
         if self.alias:
-            move = f" @{self.alias}: {_v(self.from_version)} → {_v(self.to_version)}"
+            move = f" @{self.alias}: {version_label(self.from_version)} → {version_label(self.to_version)}"
         elif self.to_version:
             move = f" version {self.to_version}"
         ref = f" (of #{self.ref})" if self.ref else ""
         return f"#{self.seq} {self.op} {self.phase}{ref}{move}"
-
-
-def _v(version: str | None) -> str:
-    return f"v{version}" if version else "(none)"
 
 
 def now_iso() -> str:
@@ -287,20 +284,20 @@ def observe(conn: Connection, intent: Entry) -> tuple[Phase, str | None, str]:
             return (
                 "commit",
                 current,
-                f"alias {intent.alias!r} points at {_v(current)}: the change took effect",
+                f"alias {intent.alias!r} points at {version_label(current)}: the change took effect",
             )
         if current == intent.from_version:
             return (
                 "abort",
                 current,
-                f"alias {intent.alias!r} still points at {_v(current)}: the change did not happen",
+                f"alias {intent.alias!r} still points at {version_label(current)}: the change did not happen",
             )
         return (
             "abort",
             current,
             (
-                f"alias {intent.alias!r} points at {_v(current)}, neither {_v(intent.from_version)} nor "
-                f"{_v(intent.to_version)}: moved out of band"
+                f"alias {intent.alias!r} points at {version_label(current)}, neither {version_label(intent.from_version)} nor "
+                f"{version_label(intent.to_version)}: moved out of band"
             ),
         )
     if intent.op == "register" and intent.run_id:
@@ -484,8 +481,8 @@ def verify(
             check(
                 f"alias {alias}",
                 logged == found,
-                expected=f"{_v(logged)} (audit log)",
-                found=f"{_v(found)} (registry)",
+                expected=f"{version_label(logged)} (audit log)",
+                found=f"{version_label(found)} (registry)",
                 detail=f"Alias {alias!r} of model {model!r} was moved out of band (no audit entry says so)."
                 if logged != found
                 else "",

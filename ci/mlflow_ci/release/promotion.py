@@ -29,10 +29,19 @@ from mlflow_ci.core import faults, output
 from mlflow_ci.core.errors import CheckFailed, ConcurrentChange, ConfigError, PolicyError
 from mlflow_ci.core.report import Check, Report, check
 from mlflow_ci.mlflowio import lineage
-from mlflow_ci.mlflowio.registry import Connection, aliases, connect, get_version, mlflow_errors
+from mlflow_ci.mlflowio.registry import (
+    Connection,
+    aliases,
+    connect,
+    get_version,
+    mlflow_errors,
+    version_label,
+)
 from mlflow_ci.mlflowio.tags import SUBJECT_TAG, VERDICT_TAG, approved_at_tag, approved_by_tag, previous_tag
 from mlflow_ci.release.audit import AuditLog, Entry, observe, registry_change
 from mlflow_ci.release.lease import Lease
+
+FIRST = "none (first model)"  # how promotion reports names an alias no version holds yet
 
 
 @dataclass(frozen=True)
@@ -191,15 +200,11 @@ def gate_checks(
             check(
                 "baseline still current",
                 compared == current_target,
-                expected=f"gate compared with {model}@{alias} = {_v(current_target)}",
-                found=f"gate compared with {_v(compared)}",
+                expected=f"gate compared with {model}@{alias} = {version_label(current_target, none=FIRST)}",
+                found=f"gate compared with {version_label(compared, none=FIRST)}",
                 detail=f"{model}@{alias} moved since the gate ran: run `mlflow-ci gate {mv.run_id}` again.",
             )
         )
-
-
-def _v(version: str | None) -> str:
-    return f"v{version}" if version else "none (first model)"
 
 
 def serve_check_passed(mv: Any) -> Check:
@@ -267,7 +272,7 @@ def promote(
             "state machine",
             state.get(source) == chosen,
             expected=f"v{chosen} holds @{source}",
-            found=f"@{source} = {_v(state.get(source))}",
+            found=f"@{source} = {version_label(state.get(source), none=FIRST)}",
             detail=f"Only the version at @{source} can move to @{to}.",
         )
     )
@@ -292,10 +297,12 @@ def promote(
                                  registry=policy.registry) as (lease, log):  # fmt: skip
                 now = aliases(conn, name)
                 if now.get(to) != expected_from or now.get(source) != chosen:
+                    to_now, to_was, source_now = (
+                        version_label(v, none=FIRST) for v in (now.get(to), expected_from, now.get(source))
+                    )
                     raise ConcurrentChange(
                         f"Model {name!r} changed while this promotion was prepared: @{to} is "
-                        f"{_v(now.get(to))} (was {_v(expected_from)}), @{source} is "
-                        f"{_v(now.get(source))}. Nothing was changed.",
+                        f"{to_now} (was {to_was}), @{source} is {source_now}. Nothing was changed.",
                         hint="Another promotion or rollback won; check `mlflow-ci audit` "
                         "and run again if still wanted.",
                     )
@@ -318,7 +325,12 @@ def promote(
             _emit(report, report_dir, as_json)
             raise
         report.add(
-            check(f"alias {to}", True, expected=f"v{chosen}", found=f"v{chosen} (was {_v(expected_from)})")
+            check(
+                f"alias {to}",
+                True,
+                expected=f"v{chosen}",
+                found=f"v{chosen} (was {version_label(expected_from, none=FIRST)})",
+            )
         )
         report.data.update(
             {
@@ -338,7 +350,9 @@ def promote(
         )
         return 1
     output.set_output("version", chosen)
-    output.info(f"model {name!r} version {chosen} is now @{to} (was {_v(expected_from)}).")
+    output.info(
+        f"model {name!r} version {chosen} is now @{to} (was {version_label(expected_from, none=FIRST)})."
+    )
     return 0
 
 
