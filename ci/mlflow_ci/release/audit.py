@@ -541,15 +541,11 @@ def audit_command(
     if not verify_chain:
         rows = list(log.iter_entries(names[0], newest_first=True, limit=limit))
         if as_json:
-            print(
-                json.dumps(
-                    [
-                        {"run_id": s.run_id, "hash": s.hash_tag, **(asdict(s.entry) if s.entry else {})}
-                        for s in rows
-                    ],
-                    indent=2,
-                    default=str,
-                )
+            output.emit_json(
+                [
+                    {"run_id": s.run_id, "hash": s.hash_tag, **(asdict(s.entry) if s.entry else {})}
+                    for s in rows
+                ]
             )
             return 0
         for s in rows:
@@ -578,14 +574,13 @@ def audit_command(
             workflow_run=lineage.workflow_run_url(env),
         )
         reports.append(report)
-        failed = failed or report.verdict != "pass"
         folder = Path(report_dir) if report_dir else Path("reports") / "mlflow-ci"
-        report.write(folder)
-        output.write_step_summary(report.to_markdown())
+        code = output.finish(report, report_dir=folder, as_json=False, echo=False)
+        failed = failed or code != 0
         if not as_json:
             output.info(report.to_markdown())
         head = report.data.get("head", {})
         output.info(f"audit head of {name!r}: #{head.get('seq')} {head.get('hash')}")
     if as_json:
-        print(json.dumps([r.to_dict() for r in reports], indent=2, default=str))
+        output.emit_json([r.to_dict() for r in reports])
     return 1 if failed else 0

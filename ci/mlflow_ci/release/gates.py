@@ -458,8 +458,6 @@ def gate_command(
     env: Mapping[str, str] | None = None,
 ) -> int:
     """``mlflow-ci gate RUN``: 0 when every blocking gate passes, 1 otherwise."""
-    import json
-
     env = os.environ if env is None else env
     overrides: dict[str, Any] = {}
     if baseline_run:
@@ -486,13 +484,7 @@ def gate_command(
     output.set_output("gate_digest", digest)
     output.set_output("report_dir", str(folder))
     if as_json:
-        print(
-            json.dumps(
-                dict(outcome.report.to_dict(), report_files={k: str(v) for k, v in paths.items()}),
-                indent=2,
-                default=str,
-            )
-        )
+        output.emit_json(dict(outcome.report.to_dict(), report_files={k: str(v) for k, v in paths.items()}))
     else:
         output.info(markdown)
         output.info(f"reports: {', '.join(str(p) for p in paths.values())}")

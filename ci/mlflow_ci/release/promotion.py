@@ -17,7 +17,6 @@ A failure before 3 leaves the alias where it was and appends an *abort*; a failu
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -259,14 +258,26 @@ def promote(
         )
     chosen = str(chosen)
     expected_from = state.get(to)
-    if expected_from == chosen:
-        output.info(f"model {name!r} version {chosen} already holds alias {to!r}: nothing to do.")
-        if as_json:
-            print(json.dumps({"model": name, "alias": to, "version": chosen, "changed": False}))
-        return 0
     mv = get_version(conn, name, chosen)
     report.run_id = mv.run_id
     report.run_url = conn.version_url(name, chosen)
+    report.data.update(
+        {
+            "model": name,
+            "alias": to,
+            "version": chosen,
+            "previous": expected_from,
+            "audit_seq": None,
+            "approved_by": approved_by,
+            "changed": False,
+        }
+    )
+    if expected_from == chosen:
+        output.info(f"model {name!r} version {chosen} already holds alias {to!r}: nothing to do.")
+        if as_json:
+            report.add(check(f"alias {to}", True, expected=f"v{chosen}", found=f"v{chosen} (already)"))
+            output.emit_json(report.to_dict())
+        return 0
     report.add(
         check(
             "state machine",
@@ -332,16 +343,7 @@ def promote(
                 found=f"v{chosen} (was {version_label(expected_from, none=FIRST)})",
             )
         )
-        report.data.update(
-            {
-                "model": name,
-                "alias": to,
-                "version": chosen,
-                "previous": expected_from,
-                "audit_seq": entry.seq if entry else None,
-                "approved_by": approved_by,
-            }
-        )
+        report.data.update({"audit_seq": entry.seq if entry else None, "changed": entry is not None})
     _emit(report, report_dir, as_json)
     if report.verdict != "pass":
         failed = ", ".join(f"{c.name} ({c.found})" for c in report.failures)
@@ -356,11 +358,11 @@ def promote(
     return 0
 
 
-def _emit(report: Report, report_dir: Path | None, as_json: bool) -> None:
-    folder = report_dir or Path("reports") / "mlflow-ci"
-    report.write(folder)
-    output.write_step_summary(report.to_markdown())
-    if as_json:
-        print(report.to_json())
-    else:
+def _emit(report: Report, report_dir: Path | None, as_json: bool) -> int:
+    """Files, job summary and ``--json``; people read the Markdown on stderr."""
+    code = output.finish(
+        report, report_dir=report_dir or Path("reports") / "mlflow-ci", as_json=as_json, echo=False
+    )
+    if not as_json:
         output.info(report.to_markdown())
+    return code

@@ -8,7 +8,6 @@ the creation happen under the model's lease, so two registrations of one run mak
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -182,6 +181,6 @@ def register_command(
         f"({conn.version_url(name, result.version)})"
     )
     if as_json:
-        print(json.dumps(result.to_dict(), indent=2))
+        output.emit_json(result.to_dict())
     output.info(summary)
     return 0
