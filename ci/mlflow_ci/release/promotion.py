@@ -12,6 +12,10 @@ promote and rollback.  The caller holds the model's lease (:mod:`mlflow_ci.relea
 A failure before 3 leaves the alias where it was and appends an *abort*; a failure during or after
 3 (server gone) leaves a pending intent that the next registry command, or ``mlflow-ci audit
 --verify``, settles by reading where the alias actually points.
+
+:func:`promote` reads in four steps: :func:`plan_promotion` (which version would move, under which
+rule), :func:`promotion_checks` (what the rule asks: gates, serve-check, approval), then, when they
+pass, :func:`apply_promotion` (the move under the lease), and the report.
 """
 
 from __future__ import annotations
@@ -219,6 +223,128 @@ def serve_check_passed(mv: Any) -> Check:
     )
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a promotion would move: ``version`` of ``model`` from ``@source`` to ``@to``, as the
+    registry stood when it was read (``@to`` held ``previous``, ``@source`` held ``at_source``)."""
+
+    model: str
+    to: str
+    source: str
+    rule: PromotionRule
+    version: str
+    previous: str | None
+    at_source: str | None
+    mv: Any
+
+    @property
+    def changes(self) -> bool:
+        return self.previous != self.version
+
+
+def plan_promotion(conn: Connection, policy: Policy, *, model: str, to: str, version: str | None) -> Plan:
+    """Which version would move to ``@to`` (``version``, else the one at the alias before it in the
+    state machine) and under which rule; raises when nothing can move."""
+    role = role_of(policy, to)
+    if role == "candidate":
+        raise PolicyError(
+            f"{to!r} is where `mlflow-ci register` puts new versions; promote to "
+            f"{policy.registry.aliases.challenger!r} or {policy.registry.aliases.champion!r}."
+        )
+    order = policy.registry.aliases.order()
+    source = order[order.index(to) - 1]
+    state = aliases(conn, model)
+    chosen = version or state.get(source)
+    if chosen is None:
+        raise CheckFailed(
+            f"No version of model {model!r} holds alias {source!r}, so nothing can move to {to!r}.",
+            hint=f"Promote one to {source!r} first (the order is {' → '.join(order)}).",
+        )
+    return Plan(
+        model=model,
+        to=to,
+        source=source,
+        rule=getattr(policy.registry.promotion, role),
+        version=str(chosen),
+        previous=state.get(to),
+        at_source=state.get(source),
+        mv=get_version(conn, model, str(chosen)),
+    )
+
+
+def promotion_checks(
+    conn: Connection, policy: Policy, plan: Plan, *, approved_by: str | None, report: Report
+) -> None:
+    """Add what the rule of ``@to`` asks for: the state machine, gates and a current baseline,
+    a passed serve-check, an approver."""
+    report.add(
+        check(
+            "state machine",
+            plan.at_source == plan.version,
+            expected=f"v{plan.version} holds @{plan.source}",
+            found=f"@{plan.source} = {version_label(plan.at_source, none=FIRST)}",
+            detail=f"Only the version at @{plan.source} can move to @{plan.to}.",
+        )
+    )
+    gate_checks(
+        conn,
+        policy,
+        plan.rule,
+        model=plan.model,
+        alias=plan.to,
+        mv=plan.mv,
+        current_target=plan.previous,
+        report=report,
+    )
+    if plan.rule.require_serve_check:
+        report.add(serve_check_passed(plan.mv))
+    if plan.rule.approval:
+        report.add(
+            check(
+                "approval",
+                bool(approved_by),
+                expected="an approver (--approved-by)",
+                found=approved_by or "none",
+                detail=f"Promotion to @{plan.to} requires approval: in GitHub, the job bound to the protected "
+                "environment; on the command line, --approved-by NAME.",
+            )
+        )
+
+
+def apply_promotion(
+    conn: Connection, policy: Policy, plan: Plan, *, actor: Actor, reason: str, approved_by: str | None
+) -> Entry | None:
+    """Move the alias under the model's lease, through :func:`move_alias` and its audit entries;
+    raises :class:`ConcurrentChange` when the registry moved since the plan was read."""
+    faults.point("prepared")
+    with registry_change(conn, plan.model, operation=f"promote v{plan.version} to @{plan.to}", actor=actor,
+                         registry=policy.registry) as (lease, log):  # fmt: skip
+        now = aliases(conn, plan.model)
+        if now.get(plan.to) != plan.previous or now.get(plan.source) != plan.version:
+            to_now, to_was, source_now = (
+                version_label(v, none=FIRST) for v in (now.get(plan.to), plan.previous, now.get(plan.source))
+            )
+            raise ConcurrentChange(
+                f"Model {plan.model!r} changed while this promotion was prepared: @{plan.to} is "
+                f"{to_now} (was {to_was}), @{plan.source} is {source_now}. Nothing was changed.",
+                hint="Another promotion or rollback won; check `mlflow-ci audit` and run again if still wanted.",
+            )
+        faults.point("locked")
+        return move_alias(
+            conn,
+            log,
+            lease,
+            model=plan.model,
+            alias=plan.to,
+            to_version=plan.version,
+            op="promote",
+            actor=actor,
+            why=reason,
+            approved_by=approved_by,
+            run_id=plan.mv.run_id,
+        )
+
+
 def promote(
     *,
     model: str | None,
@@ -234,131 +360,69 @@ def promote(
 ) -> int:
     """``mlflow-ci promote MODEL --to ALIAS``: 0 promoted (or already there), 1 refused or lost a race."""
     env = os.environ if env is None else env
-    loaded = load_command_policy(policy_path, project_default=model or "mlflow-ci")
-    policy = loaded.policy
+    policy = load_command_policy(policy_path, project_default=model or "mlflow-ci").policy
     name = model or policy.registry.model_name or policy.project
     conn = connect(tracking_uri)
     actor = Actor.from_env(env)
-    role = role_of(policy, to)
-    if role == "candidate":
-        raise PolicyError(
-            f"{to!r} is where `mlflow-ci register` puts new versions; promote to "
-            f"{policy.registry.aliases.challenger!r} or {policy.registry.aliases.champion!r}."
+    plan = plan_promotion(conn, policy, model=name, to=to, version=version)
+    report = _report(conn, plan, approved_by)
+    if not plan.changes:
+        output.info(f"model {name!r} version {plan.version} already holds alias {to!r}: nothing to do.")
+        if as_json:
+            report.add(
+                check(f"alias {to}", True, expected=f"v{plan.version}", found=f"v{plan.version} (already)")
+            )
+            output.emit_json(report.to_dict())
+        return 0
+    was = version_label(plan.previous, none=FIRST)
+    promotion_checks(conn, policy, plan, approved_by=approved_by, report=report)
+    if report.verdict == "pass":
+        try:
+            entry = apply_promotion(conn, policy, plan, actor=actor, reason=reason, approved_by=approved_by)
+        except ConcurrentChange as exc:
+            report.add(check("exclusive change", False, expected="no concurrent change", found=str(exc)))
+            _finish(report, report_dir, as_json)
+            raise
+        report.add(
+            check(f"alias {to}", True, expected=f"v{plan.version}", found=f"v{plan.version} (was {was})")
         )
-    order = policy.registry.aliases.order()
-    source = order[order.index(to) - 1]
-    rule: PromotionRule = getattr(policy.registry.promotion, role)
-    report = Report(kind="promote", title=f"{name} → @{to}", tracking_uri=conn.server)
-    state = aliases(conn, name)
-    chosen = version or state.get(source)
-    if chosen is None:
-        raise CheckFailed(
-            f"No version of model {name!r} holds alias {source!r}, so nothing can move to {to!r}.",
-            hint=f"Promote one to {source!r} first (the order is {' → '.join(order)}).",
+        report.data.update({"audit_seq": entry.seq if entry else None, "changed": entry is not None})
+    if _finish(report, report_dir, as_json) != 0:
+        failed = ", ".join(f"{c.name} ({c.found})" for c in report.failures)
+        output.error(
+            f"promotion of model {name!r} v{plan.version} to @{to} refused: {failed}.",
+            title="promotion refused",
         )
-    chosen = str(chosen)
-    expected_from = state.get(to)
-    mv = get_version(conn, name, chosen)
-    report.run_id = mv.run_id
-    report.run_url = conn.version_url(name, chosen)
+        return 1
+    output.set_output("version", plan.version)
+    output.info(f"model {name!r} version {plan.version} is now @{to} (was {was}).")
+    return 0
+
+
+def _report(conn: Connection, plan: Plan, approved_by: str | None) -> Report:
+    """The promotion's report, one shape whatever happens next (``data.changed`` says if it moved)."""
+    report = Report(
+        kind="promote",
+        title=f"{plan.model} → @{plan.to}",
+        tracking_uri=conn.server,
+        run_id=plan.mv.run_id,
+        run_url=conn.version_url(plan.model, plan.version),
+    )
     report.data.update(
         {
-            "model": name,
-            "alias": to,
-            "version": chosen,
-            "previous": expected_from,
+            "model": plan.model,
+            "alias": plan.to,
+            "version": plan.version,
+            "previous": plan.previous,
             "audit_seq": None,
             "approved_by": approved_by,
             "changed": False,
         }
     )
-    if expected_from == chosen:
-        output.info(f"model {name!r} version {chosen} already holds alias {to!r}: nothing to do.")
-        if as_json:
-            report.add(check(f"alias {to}", True, expected=f"v{chosen}", found=f"v{chosen} (already)"))
-            output.emit_json(report.to_dict())
-        return 0
-    report.add(
-        check(
-            "state machine",
-            state.get(source) == chosen,
-            expected=f"v{chosen} holds @{source}",
-            found=f"@{source} = {version_label(state.get(source), none=FIRST)}",
-            detail=f"Only the version at @{source} can move to @{to}.",
-        )
-    )
-    gate_checks(conn, policy, rule, model=name, alias=to, mv=mv, current_target=expected_from, report=report)
-    if rule.require_serve_check:
-        report.add(serve_check_passed(mv))
-    if rule.approval:
-        report.add(
-            check(
-                "approval",
-                bool(approved_by),
-                expected="an approver (--approved-by)",
-                found=approved_by or "none",
-                detail=f"Promotion to @{to} requires approval: in GitHub, the job bound to the protected "
-                "environment; on the command line, --approved-by NAME.",
-            )
-        )
-    if report.verdict == "pass":
-        faults.point("prepared")
-        try:
-            with registry_change(conn, name, operation=f"promote v{chosen} to @{to}", actor=actor,
-                                 registry=policy.registry) as (lease, log):  # fmt: skip
-                now = aliases(conn, name)
-                if now.get(to) != expected_from or now.get(source) != chosen:
-                    to_now, to_was, source_now = (
-                        version_label(v, none=FIRST) for v in (now.get(to), expected_from, now.get(source))
-                    )
-                    raise ConcurrentChange(
-                        f"Model {name!r} changed while this promotion was prepared: @{to} is "
-                        f"{to_now} (was {to_was}), @{source} is {source_now}. Nothing was changed.",
-                        hint="Another promotion or rollback won; check `mlflow-ci audit` "
-                        "and run again if still wanted.",
-                    )
-                faults.point("locked")
-                entry = move_alias(
-                    conn,
-                    log,
-                    lease,
-                    model=name,
-                    alias=to,
-                    to_version=chosen,
-                    op="promote",
-                    actor=actor,
-                    why=reason,
-                    approved_by=approved_by,
-                    run_id=mv.run_id,
-                )
-        except ConcurrentChange as exc:
-            report.add(check("exclusive change", False, expected="no concurrent change", found=str(exc)))
-            _emit(report, report_dir, as_json)
-            raise
-        report.add(
-            check(
-                f"alias {to}",
-                True,
-                expected=f"v{chosen}",
-                found=f"v{chosen} (was {version_label(expected_from, none=FIRST)})",
-            )
-        )
-        report.data.update({"audit_seq": entry.seq if entry else None, "changed": entry is not None})
-    _emit(report, report_dir, as_json)
-    if report.verdict != "pass":
-        failed = ", ".join(f"{c.name} ({c.found})" for c in report.failures)
-        output.error(
-            f"promotion of model {name!r} v{chosen} to @{to} refused: {failed}.", title="promotion refused"
-        )
-        return 1
-    output.set_output("version", chosen)
-    output.info(
-        f"model {name!r} version {chosen} is now @{to} (was {version_label(expected_from, none=FIRST)})."
-    )
-    return 0
+    return report
 
 
-def _emit(report: Report, report_dir: Path | None, as_json: bool) -> int:
+def _finish(report: Report, report_dir: Path | None, as_json: bool) -> int:
     """Files, job summary and ``--json``; people read the Markdown on stderr."""
     code = output.finish(
         report, report_dir=report_dir or Path("reports") / "mlflow-ci", as_json=as_json, echo=False
