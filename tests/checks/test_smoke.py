@@ -16,6 +16,7 @@ import mlflow
 import pytest
 import yaml
 from conftest import EXAMPLE, make_project, run_cli
+from mlflow_ci.mlflowio import lineage
 from mlflow_ci.mlflowio.tracking import TrackingServer, check_health
 
 
@@ -71,8 +72,14 @@ def test_example_project_passes_with_local_env(example_smoke, tracking_server: T
         assert expected in names
     assert all(v == "pass" for v in verdicts(report).values()), verdicts(report)
     run = mlflow.MlflowClient(tracking_server.url).get_run(report["run_id"])
-    assert run.data.tags["mlflow_ci.git_commit"]
-    assert len(run.data.tags["mlflow_ci.lock_hash"]) == 64
+    assert run.data.tags["mlflow_ci.git_commit"] == lineage.head_commit(
+        project
+    )  # "unknown": not a git checkout
+    assert run.data.tags["mlflow_ci.lock_hash"] == lineage.lock_hash(project)
+    assert lineage.parse_lock_hash(run.data.tags["mlflow_ci.lock_hash"]).files == (
+        "python_env.yaml",
+        "requirements.lock",
+    )
     assert run.data.tags["mlflow_ci.mlflow_version"] == mlflow.__version__
     for fmt in ("json", "md", "html"):
         assert (project / "out" / f"smoke.{fmt}").is_file()
@@ -217,7 +224,6 @@ def test_uv_smoke_starts_the_prediction_ahead(tracking_server: TrackingServer, t
     on, that interpreter was started while the entry point ran, and a worker started in any other
     environment is never used."""
     from mlflow_ci.checks import modelenv
-    from mlflow_ci.mlflowio import reproducibility
 
     project = _copy_example(tmp_path)
     first, report = smoke_json(project, tracking_server.url, "--env-manager", "uv")
@@ -232,7 +238,7 @@ def test_uv_smoke_starts_the_prediction_ahead(tracking_server: TrackingServer, t
 
     # Point the record at a working interpreter in the wrong environment (this test's own).
     record_path = modelenv.env_root() / modelenv.RECORD
-    key = modelenv.record_key("example", reproducibility.lock_hash(project), "uv")
+    key = modelenv.record_key("example", lineage.lock_hash(project), "uv")
     records = json.loads(record_path.read_text())
     wrong = [f"export PATH={Path(sys.executable).parent}:$PATH"]
     records[key]["activate"] = wrong

@@ -15,8 +15,16 @@ import pytest
 from conftest import run_cli
 from mlflow_ci.core.errors import ConcurrentChange
 from mlflow_ci.mlflowio.registry import Connection
-from mlflow_ci.release.audit import GENESIS, T_ENTRY, T_HASH, AuditLog, Entry, Stored, replay
-from mlflow_ci.release.lease import T_SECONDS, acquire, lock_name
+from mlflow_ci.mlflowio.tags import (
+    AUDIT_ENTRY,
+    AUDIT_HASH,
+    LEASE_BROKEN_BY,
+    LEASE_HOST,
+    LEASE_OWNER,
+    LEASE_SECONDS,
+)
+from mlflow_ci.release.audit import GENESIS, AuditLog, Entry, Stored, replay
+from mlflow_ci.release.lease import acquire, lock_name
 from registryflow import release, write_policy
 
 # --- unit: replaying chains ------------------------------------------------------------------
@@ -112,7 +120,7 @@ def test_hand_edited_entry_is_detected(promoted) -> None:
     body = json.loads(third.entry.canonical())
     body["who"] = "mallory"
     Connection(url).client.set_tag(
-        third.run_id, T_ENTRY, json.dumps(body, sort_keys=True, separators=(",", ":"))
+        third.run_id, AUDIT_ENTRY, json.dumps(body, sort_keys=True, separators=(",", ":"))
     )
     code, checks = verify(url, model, policy)
     assert code == 1
@@ -127,8 +135,8 @@ def test_rewritten_last_entry_is_caught_by_the_anchor(promoted) -> None:
     head = log.head(model)
     forged = replace(head.entry, who="mallory")
     client = Connection(url).client
-    client.set_tag(head.run_id, T_ENTRY, forged.canonical())
-    client.set_tag(head.run_id, T_HASH, forged.digest)  # consistent by itself
+    client.set_tag(head.run_id, AUDIT_ENTRY, forged.canonical())
+    client.set_tag(head.run_id, AUDIT_HASH, forged.digest)  # consistent by itself
     code, checks = verify(url, model, policy)
     assert code == 1
     assert checks["hash chain"]["verdict"] == "pass"
@@ -169,11 +177,11 @@ def test_expired_lease_is_broken_into_a_tombstone(tracking_server) -> None:
     client = conn.client
     client.create_registered_model(
         lock_name(model),
-        tags={T_SECONDS: "0", "mlflow_ci.lease.owner": "ghost", "mlflow_ci.lease.host": "elsewhere:1"},
+        tags={LEASE_SECONDS: "0", LEASE_OWNER: "ghost", LEASE_HOST: "elsewhere:1"},
     )
     with acquire(conn, model, operation="after crash", actor="carol", seconds=60):
         tomb = client.get_registered_model(f"{lock_name(model)}.broken.ghost")
-        assert "mlflow_ci.lease.broken_by" in tomb.tags
+        assert LEASE_BROKEN_BY in tomb.tags
 
 
 def test_lease_of_a_dead_local_process_is_stale(tracking_server) -> None:
@@ -183,9 +191,9 @@ def test_lease_of_a_dead_local_process_is_stale(tracking_server) -> None:
     conn.client.create_registered_model(
         lock_name(model),
         tags={
-            T_SECONDS: "3600",
-            "mlflow_ci.lease.owner": "dead",
-            "mlflow_ci.lease.host": f"{socket.gethostname()}:999999",
+            LEASE_SECONDS: "3600",
+            LEASE_OWNER: "dead",
+            LEASE_HOST: f"{socket.gethostname()}:999999",
         },
     )
     acquire(conn, model, operation="x", actor="y", seconds=60).release()

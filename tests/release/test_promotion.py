@@ -147,6 +147,38 @@ def test_champion_needs_approval_and_fresh_baseline(tracking_server: TrackingSer
     assert stale["verdict"] == "fail"
 
 
+def test_promote_json_has_one_shape_changed_or_not(
+    tracking_server: TrackingServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, model = tracking_server.url, f"iris-{uuid.uuid4().hex[:6]}"
+    policy = write_policy(tmp_path / "p", model)
+    assert release(url, policy, quality="fair", approver=None)["champion"] == 1  # v1 waits at challenger
+
+    def promote_json(to: str, approved_by: str | None = None) -> tuple[int, dict]:
+        capsys.readouterr()
+        code = call(promote, model=model, to=to, approved_by=approved_by, policy_path=policy, tracking_uri=url,
+                    report_dir=tmp_path / "r", as_json=True, env=ENV)  # fmt: skip
+        return code, json.loads(capsys.readouterr().out)
+
+    codes, (refused, changed, unchanged) = zip(
+        promote_json("champion"),  # no approver
+        promote_json("champion", approved_by="carol"),
+        promote_json("champion", approved_by="carol"),  # already there
+        strict=True,
+    )
+    assert codes == (1, 0, 0)
+    assert set(refused) == set(changed) == set(unchanged)
+    assert set(refused["data"]) == set(changed["data"]) == set(unchanged["data"])
+    outcomes = [(r["verdict"], r["data"]["changed"]) for r in (refused, changed, unchanged)]
+    assert outcomes == [("fail", False), ("pass", True), ("pass", False)]
+    assert changed["data"]["version"] == unchanged["data"]["version"] == "1"
+    assert changed["data"]["previous"] is None
+    assert unchanged["data"]["previous"] == "1"
+    assert isinstance(changed["data"]["audit_seq"], int)
+    assert unchanged["data"]["audit_seq"] is None
+    assert unchanged["run_id"] == changed["run_id"]
+
+
 def _setup_champion_and_challenger(url: str, policy: Path) -> None:
     assert release(url, policy, quality="fair")["champion"] == 0
     nxt = release(url, policy, quality="good", approver=None)

@@ -22,7 +22,7 @@ from mlflow_ci.core.errors import ConfigError, PolicyError
 from mlflow_ci.core.fsutil import writable_folder
 from mlflow_ci.core.output import finish
 from mlflow_ci.core.report import Check, Report, check
-from mlflow_ci.mlflowio import envmanagers, reproducibility, tracking
+from mlflow_ci.mlflowio import envmanagers, lineage, tracking
 from mlflow_ci.mlflowio.modelref import find_logged_model
 
 
@@ -97,7 +97,7 @@ def run_smoke(
     report.data.update({"experiment": experiment, "parameters": parameters, "env_manager": manager.name})
 
     # The prediction's interpreter starts while the entry point runs (see mlflow_ci.checks.modelenv).
-    env_key = modelenv.record_key(policy.project, reproducibility.lock_hash(project), predictor.name)
+    env_key = modelenv.record_key(policy.project, lineage.lock_hash(project), predictor.name)
     with modelenv.started_ahead(env_key, predictor.name, tracking.client_env(tracking_uri)) as warm:
         ran = run_project(project, entry_point=settings.entry_point, parameters=parameters, env_manager=manager.name,
                           experiment=experiment, tracking_uri=tracking_uri, timeout=settings.timeout)  # fmt: skip
@@ -131,7 +131,7 @@ def _verify(project: Path, policy: Policy, report: Report, ran: ProjectRun, mana
             report.output_tail = proc.tail(out)
             return report
 
-        facts = reproducibility.facts(
+        facts = lineage.facts(
             project, python_version=manager.python_version(project), env_manager=manager.name
         )
         client.log_batch(run_id, tags=[RunTag(key, value) for key, value in facts.items()])

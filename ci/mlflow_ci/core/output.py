@@ -105,27 +105,40 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def finish(report: Report, *, report_dir: Path, as_json: bool, html_extra: str | None = None) -> int:
+def finish(
+    report: Report,
+    *,
+    report_dir: Path,
+    as_json: bool,
+    html_extra: str | None = None,
+    echo: bool = True,
+) -> int:
     """Write a report everywhere it belongs (files, job summary, step outputs, stdout) and return
-    its exit code: the one way every command ends with a report."""
+    its exit code: the one way every command ends with a report.
+
+    ``echo=False`` is for commands that tell people the outcome themselves (promote, rollback,
+    audit): the files, the job summary and, with ``as_json``, the JSON on stdout are written all the
+    same, but no step output is set and neither the Markdown nor a failure message is printed."""
     import click
 
     from mlflow_ci.core.errors import CheckFailed
 
     paths = report.write(report_dir, html_extra=html_extra)
     write_step_summary(report.to_markdown())
-    set_output("verdict", report.verdict)
-    if report.run_id:
-        set_output("run_id", report.run_id)
-    set_output("report_dir", str(report_dir))
+    if echo:
+        set_output("verdict", report.verdict)
+        if report.run_id:
+            set_output("run_id", report.run_id)
+        set_output("report_dir", str(report_dir))
     if as_json:
         click.echo(report.to_json())
-    else:
+    elif echo:
         click.echo(report.to_markdown())
         info(f"report: {paths['markdown']} (also .json, .html)")
     if report.verdict == "fail":
-        names = ", ".join(c.name for c in report.failures) or "no checks ran"
-        error(f"{report.kind} failed: {names}")
+        if echo:
+            names = ", ".join(c.name for c in report.failures) or "no checks ran"
+            error(f"{report.kind} failed: {names}")
         return CheckFailed.exit_code
     return 0
 

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_ci.core.errors import ConfigError
+from mlflow_ci.mlflowio import lineage
 from mlflow_ci.mlflowio.registry import Connection, connect, error_code, get_run, get_version, mlflow_errors
+from mlflow_ci.mlflowio.tags import GIT_COMMIT
 
 MODEL_DIR_FILE = "MLmodel"
 SERVING_EXAMPLE = "serving_input_example.json"
@@ -179,7 +181,7 @@ def _resolve_run(conn: Connection, uri: str, env: Mapping[str, str]) -> ModelRef
         name=_name(path),
         model_id=found.model_id,
         run_id=run.info.run_id,
-        git_commit=_commit(run.data.tags, env),
+        git_commit=lineage.git_commit(env, run.data.tags),
         tracking_uri=conn.server,
     )
 
@@ -203,7 +205,7 @@ def _from_version(conn: Connection, uri: str, mv: Any, env: Mapping[str, str]) -
     run_tags: dict[str, str] = {}
     if mv.run_id:
         run_tags = dict(get_run(conn, mv.run_id).data.tags)
-    commit = (mv.tags or {}).get("mlflow_ci.git_commit") or _commit(run_tags, env)
+    commit = (mv.tags or {}).get(GIT_COMMIT) or lineage.git_commit(env, run_tags)
     return ModelRef(
         requested=uri,
         uri=f"models:/{mv.name}/{mv.version}",
@@ -238,7 +240,7 @@ def _resolve_model_id(conn: Connection, uri: str, model_id: str, env: Mapping[st
         name=_name(logged.name),
         model_id=logged.model_id,
         run_id=logged.source_run_id,
-        git_commit=_commit(run_tags, env),
+        git_commit=lineage.git_commit(env, run_tags),
         tracking_uri=conn.server,
     )
 
@@ -247,10 +249,6 @@ def _model_id_in(source: str) -> str | None:
     """MLflow 3 records the logged model as the version's source (``models:/m-...``)."""
     m = re.match(r"^models:/(m-[0-9a-f]+)$", source)
     return m.group(1) if m else None
-
-
-def _commit(run_tags: Mapping[str, str], env: Mapping[str, str]) -> str:
-    return run_tags.get("mlflow.source.git.commit") or env.get("GITHUB_SHA", "")
 
 
 def _name(text: str) -> str:

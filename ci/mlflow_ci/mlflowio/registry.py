@@ -15,10 +15,7 @@ from typing import Any
 from mlflow_ci.config import Policy
 from mlflow_ci.core.errors import ConfigError, InfraError, MlflowCiError, ServerUnreachable
 
-# Version and registered-model tags written by mlflow-ci.
-TAG_PREFIX = "mlflow_ci."
-GATE_VERDICT = "mlflow_ci.gate.verdict"
-GATE_DIGEST = "mlflow_ci.gate.digest"
+# Where the gate's report is kept among the run's artifacts (the tag names are in mlflowio.tags).
 GATE_ARTIFACT = "mlflow-ci/gate.json"
 
 _CONNECTION_MARKERS = (
@@ -30,14 +27,6 @@ _CONNECTION_MARKERS = (
     "RemoteDisconnected",
     "Connection aborted",
 )
-
-
-def previous_tag(alias: str) -> str:
-    """Version tag naming the version that held ``alias`` before this one.
-
-    For ``champion`` it is ``mlflow_ci.previous_champion``.
-    """
-    return f"mlflow_ci.previous_{alias}"
 
 
 @contextlib.contextmanager
@@ -65,6 +54,11 @@ def mlflow_errors(server: str, what: str) -> Iterator[None]:
                 "`mlflow-ci audit --verify` reconciles a half-finished registry change.",
             ) from None
         raise InfraError(f"The tracking server at {server} refused {what}: {text[:400]}") from None
+
+
+def version_label(version: str | None, *, none: str = "(none)") -> str:
+    """``v3`` for version 3; ``none`` when no version (an alias that points nowhere yet)."""
+    return f"v{version}" if version else none
 
 
 def error_code(exc: BaseException) -> str | None:

@@ -35,16 +35,19 @@ from mlflow_ci.mlflowio.registry import (
     latest_version_number,
     mlflow_errors,
     version_for_run,
+    version_label,
+)
+from mlflow_ci.mlflowio.tags import (
+    AUDIT_ANCHOR_PREFIX,
+    AUDIT_ENTRY,
+    AUDIT_HASH,
+    AUDIT_MODEL,
+    AUDIT_OP,
+    AUDIT_PHASE,
+    AUDIT_SEQ,
 )
 from mlflow_ci.release.lease import Lease, acquire
 
-T_MODEL = "mlflow_ci.audit.model"
-T_SEQ = "mlflow_ci.audit.seq"
-T_ENTRY = "mlflow_ci.audit.entry"
-T_HASH = "mlflow_ci.audit.hash"
-T_OP = "mlflow_ci.audit.op"
-T_PHASE = "mlflow_ci.audit.phase"
-ANCHOR_PREFIX = "mlflow_ci.audit.head."
 GENESIS = "0" * 64
 SEQ_WIDTH = 10
 MAX_WHY = 2000
@@ -88,15 +91,11 @@ class Entry:
     def summary(self) -> str:
         move = ""
         if self.alias:
-            move = f" @{self.alias}: {_v(self.from_version)} → {_v(self.to_version)}"
+            move = f" @{self.alias}: {version_label(self.from_version)} → {version_label(self.to_version)}"
         elif self.to_version:
             move = f" version {self.to_version}"
         ref = f" (of #{self.ref})" if self.ref else ""
         return f"#{self.seq} {self.op} {self.phase}{ref}{move}"
-
-
-def _v(version: str | None) -> str:
-    return f"v{version}" if version else "(none)"
 
 
 def now_iso() -> str:
@@ -158,7 +157,7 @@ class AuditLog:
     # -- reading ---------------------------------------------------------------------------------
 
     def _filter(self, model: str) -> str:
-        return f"tags.`{T_MODEL}` = '{model.replace(chr(39), chr(92) + chr(39))}'"
+        return f"tags.`{AUDIT_MODEL}` = '{model.replace(chr(39), chr(92) + chr(39))}'"
 
     def head(self, model: str) -> Stored | None:
         """The newest entry of ``model``: one query, whatever the length of the log."""
@@ -169,7 +168,7 @@ class AuditLog:
                 [self.experiment_id],
                 filter_string=self._filter(model),
                 run_view_type=ViewType.ALL,
-                order_by=[f"tags.`{T_SEQ}` DESC"],
+                order_by=[f"tags.`{AUDIT_SEQ}` DESC"],
                 max_results=1,
             )
         return _stored(runs[0]) if runs else None
@@ -187,7 +186,7 @@ class AuditLog:
                     [self.experiment_id],
                     filter_string=self._filter(model),
                     run_view_type=ViewType.ALL,
-                    order_by=[f"tags.`{T_SEQ}` {'DESC' if newest_first else 'ASC'}"],
+                    order_by=[f"tags.`{AUDIT_SEQ}` {'DESC' if newest_first else 'ASC'}"],
                     max_results=min(1000, limit - seen) if limit else 1000,
                     page_token=token,
                 )
@@ -204,12 +203,14 @@ class AuditLog:
         """Models that have an anchor in this log (one call)."""
         with mlflow_errors(self.conn.server, "reading the audit experiment"):
             exp = self.conn.client.get_experiment(self.experiment_id)
-        return sorted(k[len(ANCHOR_PREFIX) :] for k in (exp.tags or {}) if k.startswith(ANCHOR_PREFIX))
+        return sorted(
+            k[len(AUDIT_ANCHOR_PREFIX) :] for k in (exp.tags or {}) if k.startswith(AUDIT_ANCHOR_PREFIX)
+        )
 
     def anchor(self, model: str) -> str | None:
         with mlflow_errors(self.conn.server, "reading the audit experiment"):
             exp = self.conn.client.get_experiment(self.experiment_id)
-        return (exp.tags or {}).get(ANCHOR_PREFIX + model)
+        return (exp.tags or {}).get(AUDIT_ANCHOR_PREFIX + model)
 
     # -- writing (callers hold the model's lease) --------------------------------------------------
 
@@ -231,19 +232,19 @@ class AuditLog:
         )
         digest = entry.digest
         tags = {
-            T_MODEL: model,
-            T_SEQ: str(seq).zfill(SEQ_WIDTH),
-            T_ENTRY: entry.canonical(),
-            T_HASH: digest,
-            T_OP: op,
-            T_PHASE: phase,
+            AUDIT_MODEL: model,
+            AUDIT_SEQ: str(seq).zfill(SEQ_WIDTH),
+            AUDIT_ENTRY: entry.canonical(),
+            AUDIT_HASH: digest,
+            AUDIT_OP: op,
+            AUDIT_PHASE: phase,
             "mlflow.runName": f"{model} #{seq} {op} {phase}",
             "mlflow.user": who,
         }
         client = self.conn.client
         with mlflow_errors(self.conn.server, f"appending audit entry #{seq} for model {model!r}"):
             run = client.create_run(self.experiment_id, tags=tags, run_name=tags["mlflow.runName"])
-            client.set_experiment_tag(self.experiment_id, ANCHOR_PREFIX + model, f"{seq}:{digest}")
+            client.set_experiment_tag(self.experiment_id, AUDIT_ANCHOR_PREFIX + model, f"{seq}:{digest}")
             client.update_run(run.info.run_id, status="FINISHED")  # set_terminated prints a URL on stdout
         return entry
 
@@ -258,13 +259,13 @@ def _stored(run: Any) -> Stored:
     tags = run.data.tags
     entry, error = None, ""
     try:
-        entry = Entry.parse(tags.get(T_ENTRY, ""))
+        entry = Entry.parse(tags.get(AUDIT_ENTRY, ""))
     except (ValueError, TypeError) as exc:
         error = f"entry body is not valid ({type(exc).__name__}: {exc})"
     return Stored(
         run_id=run.info.run_id,
-        seq_tag=tags.get(T_SEQ, ""),
-        hash_tag=tags.get(T_HASH, ""),
+        seq_tag=tags.get(AUDIT_SEQ, ""),
+        hash_tag=tags.get(AUDIT_HASH, ""),
         deleted=run.info.lifecycle_stage != "active",
         entry=entry,
         error=error,
@@ -283,20 +284,20 @@ def observe(conn: Connection, intent: Entry) -> tuple[Phase, str | None, str]:
             return (
                 "commit",
                 current,
-                f"alias {intent.alias!r} points at {_v(current)}: the change took effect",
+                f"alias {intent.alias!r} points at {version_label(current)}: the change took effect",
             )
         if current == intent.from_version:
             return (
                 "abort",
                 current,
-                f"alias {intent.alias!r} still points at {_v(current)}: the change did not happen",
+                f"alias {intent.alias!r} still points at {version_label(current)}: the change did not happen",
             )
         return (
             "abort",
             current,
             (
-                f"alias {intent.alias!r} points at {_v(current)}, neither {_v(intent.from_version)} nor "
-                f"{_v(intent.to_version)}: moved out of band"
+                f"alias {intent.alias!r} points at {version_label(current)}, neither {version_label(intent.from_version)} nor "
+                f"{version_label(intent.to_version)}: moved out of band"
             ),
         )
     if intent.op == "register" and intent.run_id:
@@ -480,8 +481,8 @@ def verify(
             check(
                 f"alias {alias}",
                 logged == found,
-                expected=f"{_v(logged)} (audit log)",
-                found=f"{_v(found)} (registry)",
+                expected=f"{version_label(logged)} (audit log)",
+                found=f"{version_label(found)} (registry)",
                 detail=f"Alias {alias!r} of model {model!r} was moved out of band (no audit entry says so)."
                 if logged != found
                 else "",
@@ -540,15 +541,11 @@ def audit_command(
     if not verify_chain:
         rows = list(log.iter_entries(names[0], newest_first=True, limit=limit))
         if as_json:
-            print(
-                json.dumps(
-                    [
-                        {"run_id": s.run_id, "hash": s.hash_tag, **(asdict(s.entry) if s.entry else {})}
-                        for s in rows
-                    ],
-                    indent=2,
-                    default=str,
-                )
+            output.emit_json(
+                [
+                    {"run_id": s.run_id, "hash": s.hash_tag, **(asdict(s.entry) if s.entry else {})}
+                    for s in rows
+                ]
             )
             return 0
         for s in rows:
@@ -577,14 +574,13 @@ def audit_command(
             workflow_run=lineage.workflow_run_url(env),
         )
         reports.append(report)
-        failed = failed or report.verdict != "pass"
         folder = Path(report_dir) if report_dir else Path("reports") / "mlflow-ci"
-        report.write(folder)
-        output.write_step_summary(report.to_markdown())
+        code = output.finish(report, report_dir=folder, as_json=False, echo=False)
+        failed = failed or code != 0
         if not as_json:
             output.info(report.to_markdown())
         head = report.data.get("head", {})
         output.info(f"audit head of {name!r}: #{head.get('seq')} {head.get('hash')}")
     if as_json:
-        print(json.dumps([r.to_dict() for r in reports], indent=2, default=str))
+        output.emit_json([r.to_dict() for r in reports])
     return 1 if failed else 0

@@ -27,21 +27,10 @@ from mlflow_ci.config import Evaluation, MetricGate, Policy, load_command_policy
 from mlflow_ci.core import output
 from mlflow_ci.core.errors import ConfigError, InfraError
 from mlflow_ci.core.report import Check, Report, check
-from mlflow_ci.mlflowio.registry import (
-    GATE_ARTIFACT,
-    GATE_DIGEST,
-    GATE_VERDICT,
-    Connection,
-    connect,
-    get_run,
-    mlflow_errors,
-    model_name,
-)
+from mlflow_ci.mlflowio.registry import GATE_ARTIFACT, Connection, connect, get_run, mlflow_errors, model_name
+from mlflow_ci.mlflowio.tags import GATE_BASELINE, GATE_DIGEST, GATE_VERDICT
 from mlflow_ci.release.baseline import BaselineRef, resolve
 from mlflow_ci.release.gatereport import comparison_html, comparison_markdown
-
-T_GATE_BASELINE = "mlflow_ci.gate.baseline"
-T_GATE_PASSED = "mlflow_ci.gate.passed"
 
 
 @dataclass
@@ -428,7 +417,7 @@ def record(conn: Connection, outcome: GateOutcome, json_path: Path, digest: str)
         client.log_artifact(run_id, str(json_path), artifact_path=GATE_ARTIFACT.rsplit("/", 1)[0])
         client.set_tag(run_id, GATE_VERDICT, outcome.report.verdict)
         client.set_tag(run_id, GATE_DIGEST, digest)
-        client.set_tag(run_id, T_GATE_BASELINE, baseline.description if baseline else "none")
+        client.set_tag(run_id, GATE_BASELINE, baseline.description if baseline else "none")
 
 
 def gate_record(conn: Connection, run_id: str) -> tuple[dict[str, Any] | None, str]:
@@ -469,8 +458,6 @@ def gate_command(
     env: Mapping[str, str] | None = None,
 ) -> int:
     """``mlflow-ci gate RUN``: 0 when every blocking gate passes, 1 otherwise."""
-    import json
-
     env = os.environ if env is None else env
     overrides: dict[str, Any] = {}
     if baseline_run:
@@ -497,13 +484,7 @@ def gate_command(
     output.set_output("gate_digest", digest)
     output.set_output("report_dir", str(folder))
     if as_json:
-        print(
-            json.dumps(
-                dict(outcome.report.to_dict(), report_files={k: str(v) for k, v in paths.items()}),
-                indent=2,
-                default=str,
-            )
-        )
+        output.emit_json(dict(outcome.report.to_dict(), report_files={k: str(v) for k, v in paths.items()}))
     else:
         output.info(markdown)
         output.info(f"reports: {', '.join(str(p) for p in paths.values())}")

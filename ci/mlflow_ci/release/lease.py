@@ -38,14 +38,16 @@ from typing import Any
 
 from mlflow_ci.core.errors import ConcurrentChange
 from mlflow_ci.mlflowio.registry import Connection, error_code, mlflow_errors
+from mlflow_ci.mlflowio.tags import (
+    LEASE_ACTOR,
+    LEASE_BROKEN_BY,
+    LEASE_HOST,
+    LEASE_OPERATION,
+    LEASE_OWNER,
+    LEASE_SECONDS,
+)
 
 LOCK_PREFIX = "mlflow-ci.lock."
-T_OWNER = "mlflow_ci.lease.owner"
-T_OPERATION = "mlflow_ci.lease.operation"
-T_ACTOR = "mlflow_ci.lease.actor"
-T_HOST = "mlflow_ci.lease.host"
-T_SECONDS = "mlflow_ci.lease.seconds"
-T_BROKEN = "mlflow_ci.lease.broken_by"
 
 
 def lock_name(model: str) -> str:
@@ -92,12 +94,12 @@ class Holder:
 def _holder(rm: Any) -> Holder:
     tags = rm.tags or {}
     return Holder(
-        owner=tags.get(T_OWNER, "?"),
-        operation=tags.get(T_OPERATION, "?"),
-        actor=tags.get(T_ACTOR, "?"),
-        host=tags.get(T_HOST, "?"),
+        owner=tags.get(LEASE_OWNER, "?"),
+        operation=tags.get(LEASE_OPERATION, "?"),
+        actor=tags.get(LEASE_ACTOR, "?"),
+        host=tags.get(LEASE_HOST, "?"),
         created=(rm.creation_timestamp or 0) / 1000.0,
-        seconds=int(tags.get(T_SECONDS, "300")),
+        seconds=int(tags.get(LEASE_SECONDS, "300")),
     )
 
 
@@ -189,11 +191,11 @@ def acquire(
 
     owner = uuid.uuid4().hex
     tags = {
-        T_OWNER: owner,
-        T_OPERATION: operation,
-        T_ACTOR: actor,
-        T_HOST: f"{socket.gethostname()}:{os.getpid()}",
-        T_SECONDS: str(seconds),
+        LEASE_OWNER: owner,
+        LEASE_OPERATION: operation,
+        LEASE_ACTOR: actor,
+        LEASE_HOST: f"{socket.gethostname()}:{os.getpid()}",
+        LEASE_SECONDS: str(seconds),
     }
     name = lock_name(model)
     deadline = time.monotonic() + wait
@@ -244,4 +246,4 @@ def _break(conn: Connection, name: str, holder: Holder, breaker: str) -> None:
             return
         raise
     with contextlib.suppress(MlflowException):
-        client.set_registered_model_tag(tomb, T_BROKEN, f"{breaker} at {time.time():.0f}")
+        client.set_registered_model_tag(tomb, LEASE_BROKEN_BY, f"{breaker} at {time.time():.0f}")

@@ -12,12 +12,15 @@ promote and rollback.  The caller holds the model's lease (:mod:`mlflow_ci.relea
 A failure before 3 leaves the alias where it was and appends an *abort*; a failure during or after
 3 (server gone) leaves a pending intent that the next registry command, or ``mlflow-ci audit
 --verify``, settles by reading where the alias actually points.
+
+:func:`promote` reads in four steps: :func:`plan_promotion` (which version would move, under which
+rule), :func:`promotion_checks` (what the rule asks: gates, serve-check, approval), then, when they
+pass, :func:`apply_promotion` (the move under the lease), and the report.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,9 +32,19 @@ from mlflow_ci.core import faults, output
 from mlflow_ci.core.errors import CheckFailed, ConcurrentChange, ConfigError, PolicyError
 from mlflow_ci.core.report import Check, Report, check
 from mlflow_ci.mlflowio import lineage
-from mlflow_ci.mlflowio.registry import Connection, aliases, connect, get_version, mlflow_errors, previous_tag
+from mlflow_ci.mlflowio.registry import (
+    Connection,
+    aliases,
+    connect,
+    get_version,
+    mlflow_errors,
+    version_label,
+)
+from mlflow_ci.mlflowio.tags import SUBJECT_TAG, VERDICT_TAG, approved_at_tag, approved_by_tag, previous_tag
 from mlflow_ci.release.audit import AuditLog, Entry, observe, registry_change
 from mlflow_ci.release.lease import Lease
+
+FIRST = "none (first model)"  # how promotion reports names an alias no version holds yet
 
 
 @dataclass(frozen=True)
@@ -87,10 +100,8 @@ def move_alias(
         with mlflow_errors(conn.server, f"tagging version {to_version} of model {model!r}"):
             client.set_model_version_tag(model, str(to_version), previous_tag(alias), current or "")
             if approved_by:
-                client.set_model_version_tag(
-                    model, str(to_version), f"mlflow_ci.approved_by.{alias}", approved_by
-                )
-                client.set_model_version_tag(model, str(to_version), f"mlflow_ci.approved_at.{alias}", stamp)
+                client.set_model_version_tag(model, str(to_version), approved_by_tag(alias), approved_by)
+                client.set_model_version_tag(model, str(to_version), approved_at_tag(alias), stamp)
         lease.check()
         faults.point("before_alias")
         with mlflow_errors(conn.server, f"moving alias {alias!r} of model {model!r} to version {to_version}"):
@@ -192,21 +203,15 @@ def gate_checks(
             check(
                 "baseline still current",
                 compared == current_target,
-                expected=f"gate compared with {model}@{alias} = {_v(current_target)}",
-                found=f"gate compared with {_v(compared)}",
+                expected=f"gate compared with {model}@{alias} = {version_label(current_target, none=FIRST)}",
+                found=f"gate compared with {version_label(compared, none=FIRST)}",
                 detail=f"{model}@{alias} moved since the gate ran: run `mlflow-ci gate {mv.run_id}` again.",
             )
         )
 
 
-def _v(version: str | None) -> str:
-    return f"v{version}" if version else "none (first model)"
-
-
 def serve_check_passed(mv: Any) -> Check:
     """``require_serve_check``: the version carries a passed ``mlflow-ci serve-check`` (deploy branch)."""
-    from mlflow_ci.mlflowio.tags import SUBJECT_TAG, VERDICT_TAG
-
     verdict = (mv.tags or {}).get(VERDICT_TAG)
     subject = (mv.tags or {}).get(SUBJECT_TAG, "")
     return check(
@@ -216,6 +221,128 @@ def serve_check_passed(mv: Any) -> Check:
         found=f"{verdict} ({subject})" if verdict else "never serve-checked",
         detail=f"Run `mlflow-ci serve-check models:/{mv.name}/{mv.version}` (or of its image) first.",
     )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a promotion would move: ``version`` of ``model`` from ``@source`` to ``@to``, as the
+    registry stood when it was read (``@to`` held ``previous``, ``@source`` held ``at_source``)."""
+
+    model: str
+    to: str
+    source: str
+    rule: PromotionRule
+    version: str
+    previous: str | None
+    at_source: str | None
+    mv: Any
+
+    @property
+    def changes(self) -> bool:
+        return self.previous != self.version
+
+
+def plan_promotion(conn: Connection, policy: Policy, *, model: str, to: str, version: str | None) -> Plan:
+    """Which version would move to ``@to`` (``version``, else the one at the alias before it in the
+    state machine) and under which rule; raises when nothing can move."""
+    role = role_of(policy, to)
+    if role == "candidate":
+        raise PolicyError(
+            f"{to!r} is where `mlflow-ci register` puts new versions; promote to "
+            f"{policy.registry.aliases.challenger!r} or {policy.registry.aliases.champion!r}."
+        )
+    order = policy.registry.aliases.order()
+    source = order[order.index(to) - 1]
+    state = aliases(conn, model)
+    chosen = version or state.get(source)
+    if chosen is None:
+        raise CheckFailed(
+            f"No version of model {model!r} holds alias {source!r}, so nothing can move to {to!r}.",
+            hint=f"Promote one to {source!r} first (the order is {' → '.join(order)}).",
+        )
+    return Plan(
+        model=model,
+        to=to,
+        source=source,
+        rule=getattr(policy.registry.promotion, role),
+        version=str(chosen),
+        previous=state.get(to),
+        at_source=state.get(source),
+        mv=get_version(conn, model, str(chosen)),
+    )
+
+
+def promotion_checks(
+    conn: Connection, policy: Policy, plan: Plan, *, approved_by: str | None, report: Report
+) -> None:
+    """Add what the rule of ``@to`` asks for: the state machine, gates and a current baseline,
+    a passed serve-check, an approver."""
+    report.add(
+        check(
+            "state machine",
+            plan.at_source == plan.version,
+            expected=f"v{plan.version} holds @{plan.source}",
+            found=f"@{plan.source} = {version_label(plan.at_source, none=FIRST)}",
+            detail=f"Only the version at @{plan.source} can move to @{plan.to}.",
+        )
+    )
+    gate_checks(
+        conn,
+        policy,
+        plan.rule,
+        model=plan.model,
+        alias=plan.to,
+        mv=plan.mv,
+        current_target=plan.previous,
+        report=report,
+    )
+    if plan.rule.require_serve_check:
+        report.add(serve_check_passed(plan.mv))
+    if plan.rule.approval:
+        report.add(
+            check(
+                "approval",
+                bool(approved_by),
+                expected="an approver (--approved-by)",
+                found=approved_by or "none",
+                detail=f"Promotion to @{plan.to} requires approval: in GitHub, the job bound to the protected "
+                "environment; on the command line, --approved-by NAME.",
+            )
+        )
+
+
+def apply_promotion(
+    conn: Connection, policy: Policy, plan: Plan, *, actor: Actor, reason: str, approved_by: str | None
+) -> Entry | None:
+    """Move the alias under the model's lease, through :func:`move_alias` and its audit entries;
+    raises :class:`ConcurrentChange` when the registry moved since the plan was read."""
+    faults.point("prepared")
+    with registry_change(conn, plan.model, operation=f"promote v{plan.version} to @{plan.to}", actor=actor,
+                         registry=policy.registry) as (lease, log):  # fmt: skip
+        now = aliases(conn, plan.model)
+        if now.get(plan.to) != plan.previous or now.get(plan.source) != plan.version:
+            to_now, to_was, source_now = (
+                version_label(v, none=FIRST) for v in (now.get(plan.to), plan.previous, now.get(plan.source))
+            )
+            raise ConcurrentChange(
+                f"Model {plan.model!r} changed while this promotion was prepared: @{plan.to} is "
+                f"{to_now} (was {to_was}), @{plan.source} is {source_now}. Nothing was changed.",
+                hint="Another promotion or rollback won; check `mlflow-ci audit` and run again if still wanted.",
+            )
+        faults.point("locked")
+        return move_alias(
+            conn,
+            log,
+            lease,
+            model=plan.model,
+            alias=plan.to,
+            to_version=plan.version,
+            op="promote",
+            actor=actor,
+            why=reason,
+            approved_by=approved_by,
+            run_id=plan.mv.run_id,
+        )
 
 
 def promote(
@@ -233,123 +360,73 @@ def promote(
 ) -> int:
     """``mlflow-ci promote MODEL --to ALIAS``: 0 promoted (or already there), 1 refused or lost a race."""
     env = os.environ if env is None else env
-    loaded = load_command_policy(policy_path, project_default=model or "mlflow-ci")
-    policy = loaded.policy
+    policy = load_command_policy(policy_path, project_default=model or "mlflow-ci").policy
     name = model or policy.registry.model_name or policy.project
     conn = connect(tracking_uri)
     actor = Actor.from_env(env)
-    role = role_of(policy, to)
-    if role == "candidate":
-        raise PolicyError(
-            f"{to!r} is where `mlflow-ci register` puts new versions; promote to "
-            f"{policy.registry.aliases.challenger!r} or {policy.registry.aliases.champion!r}."
-        )
-    order = policy.registry.aliases.order()
-    source = order[order.index(to) - 1]
-    rule: PromotionRule = getattr(policy.registry.promotion, role)
-    report = Report(kind="promote", title=f"{name} → @{to}", tracking_uri=conn.server)
-    state = aliases(conn, name)
-    chosen = version or state.get(source)
-    if chosen is None:
-        raise CheckFailed(
-            f"No version of model {name!r} holds alias {source!r}, so nothing can move to {to!r}.",
-            hint=f"Promote one to {source!r} first (the order is {' → '.join(order)}).",
-        )
-    chosen = str(chosen)
-    expected_from = state.get(to)
-    if expected_from == chosen:
-        output.info(f"model {name!r} version {chosen} already holds alias {to!r}: nothing to do.")
+    plan = plan_promotion(conn, policy, model=name, to=to, version=version)
+    report = _report(conn, plan, approved_by)
+    if not plan.changes:
+        output.info(f"model {name!r} version {plan.version} already holds alias {to!r}: nothing to do.")
         if as_json:
-            print(json.dumps({"model": name, "alias": to, "version": chosen, "changed": False}))
-        return 0
-    mv = get_version(conn, name, chosen)
-    report.run_id = mv.run_id
-    report.run_url = conn.version_url(name, chosen)
-    report.add(
-        check(
-            "state machine",
-            state.get(source) == chosen,
-            expected=f"v{chosen} holds @{source}",
-            found=f"@{source} = {_v(state.get(source))}",
-            detail=f"Only the version at @{source} can move to @{to}.",
-        )
-    )
-    gate_checks(conn, policy, rule, model=name, alias=to, mv=mv, current_target=expected_from, report=report)
-    if rule.require_serve_check:
-        report.add(serve_check_passed(mv))
-    if rule.approval:
-        report.add(
-            check(
-                "approval",
-                bool(approved_by),
-                expected="an approver (--approved-by)",
-                found=approved_by or "none",
-                detail=f"Promotion to @{to} requires approval: in GitHub, the job bound to the protected "
-                "environment; on the command line, --approved-by NAME.",
+            report.add(
+                check(f"alias {to}", True, expected=f"v{plan.version}", found=f"v{plan.version} (already)")
             )
-        )
+            output.emit_json(report.to_dict())
+        return 0
+    was = version_label(plan.previous, none=FIRST)
+    promotion_checks(conn, policy, plan, approved_by=approved_by, report=report)
     if report.verdict == "pass":
-        faults.point("prepared")
         try:
-            with registry_change(conn, name, operation=f"promote v{chosen} to @{to}", actor=actor,
-                                 registry=policy.registry) as (lease, log):  # fmt: skip
-                now = aliases(conn, name)
-                if now.get(to) != expected_from or now.get(source) != chosen:
-                    raise ConcurrentChange(
-                        f"Model {name!r} changed while this promotion was prepared: @{to} is "
-                        f"{_v(now.get(to))} (was {_v(expected_from)}), @{source} is "
-                        f"{_v(now.get(source))}. Nothing was changed.",
-                        hint="Another promotion or rollback won; check `mlflow-ci audit` "
-                        "and run again if still wanted.",
-                    )
-                faults.point("locked")
-                entry = move_alias(
-                    conn,
-                    log,
-                    lease,
-                    model=name,
-                    alias=to,
-                    to_version=chosen,
-                    op="promote",
-                    actor=actor,
-                    why=reason,
-                    approved_by=approved_by,
-                    run_id=mv.run_id,
-                )
+            entry = apply_promotion(conn, policy, plan, actor=actor, reason=reason, approved_by=approved_by)
         except ConcurrentChange as exc:
             report.add(check("exclusive change", False, expected="no concurrent change", found=str(exc)))
-            _emit(report, report_dir, as_json)
+            _finish(report, report_dir, as_json)
             raise
         report.add(
-            check(f"alias {to}", True, expected=f"v{chosen}", found=f"v{chosen} (was {_v(expected_from)})")
+            check(f"alias {to}", True, expected=f"v{plan.version}", found=f"v{plan.version} (was {was})")
         )
-        report.data.update(
-            {
-                "model": name,
-                "alias": to,
-                "version": chosen,
-                "previous": expected_from,
-                "audit_seq": entry.seq if entry else None,
-                "approved_by": approved_by,
-            }
-        )
-    _emit(report, report_dir, as_json)
-    if report.verdict != "pass":
+        report.data.update({"audit_seq": entry.seq if entry else None, "changed": entry is not None})
+    if _finish(report, report_dir, as_json) != 0:
         failed = ", ".join(f"{c.name} ({c.found})" for c in report.failures)
         output.error(
-            f"promotion of model {name!r} v{chosen} to @{to} refused: {failed}.", title="promotion refused"
+            f"promotion of model {name!r} v{plan.version} to @{to} refused: {failed}.",
+            title="promotion refused",
         )
         return 1
-    output.set_output("version", chosen)
-    output.info(f"model {name!r} version {chosen} is now @{to} (was {_v(expected_from)}).")
+    output.set_output("version", plan.version)
+    output.info(f"model {name!r} version {plan.version} is now @{to} (was {was}).")
     return 0
 
 
-def _emit(report: Report, report_dir: Path | None, as_json: bool) -> None:
-    folder = report_dir or Path("reports") / "mlflow-ci"
-    report.write(folder)
-    output.write_step_summary(report.to_markdown())
-    if as_json:
-        print(report.to_json())
-    else:
+def _report(conn: Connection, plan: Plan, approved_by: str | None) -> Report:
+    """The promotion's report, one shape whatever happens next (``data.changed`` says if it moved)."""
+    report = Report(
+        kind="promote",
+        title=f"{plan.model} → @{plan.to}",
+        tracking_uri=conn.server,
+        run_id=plan.mv.run_id,
+        run_url=conn.version_url(plan.model, plan.version),
+    )
+    report.data.update(
+        {
+            "model": plan.model,
+            "alias": plan.to,
+            "version": plan.version,
+            "previous": plan.previous,
+            "audit_seq": None,
+            "approved_by": approved_by,
+            "changed": False,
+        }
+    )
+    return report
+
+
+def _finish(report: Report, report_dir: Path | None, as_json: bool) -> int:
+    """Files, job summary and ``--json``; people read the Markdown on stderr."""
+    code = output.finish(
+        report, report_dir=report_dir or Path("reports") / "mlflow-ci", as_json=as_json, echo=False
+    )
+    if not as_json:
         output.info(report.to_markdown())
+    return code

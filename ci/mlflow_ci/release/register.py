@@ -8,7 +8,6 @@ the creation happen under the model's lease, so two registrations of one run mak
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,9 +18,8 @@ from mlflow_ci.config import Policy, load_command_policy
 from mlflow_ci.core import faults, output
 from mlflow_ci.core.errors import ConfigError
 from mlflow_ci.mlflowio import lineage
+from mlflow_ci.mlflowio import tags as T
 from mlflow_ci.mlflowio.registry import (
-    GATE_DIGEST,
-    GATE_VERDICT,
     Connection,
     connect,
     error_code,
@@ -57,14 +55,14 @@ def lineage_tags(
 ) -> dict[str, str]:
     tags = run.data.tags
     return {
-        "mlflow_ci.run_id": run.info.run_id,
-        "mlflow_ci.git_commit": lineage.git_commit(env, tags),
-        "mlflow_ci.pull_request": lineage.pull_request(env, pull_request, tags),
-        "mlflow_ci.workflow_run": lineage.workflow_run_url(env) or "",
-        "mlflow_ci.dataset_digest": lineage.dataset_digest(run),
-        "mlflow_ci.lock_file_hash": lineage.lock_file_hash(project_dir, tags),
-        "mlflow_ci.gate_verdict": tags.get(GATE_VERDICT, "none"),
-        "mlflow_ci.gate_digest": tags.get(GATE_DIGEST, ""),
+        T.RUN_ID: run.info.run_id,
+        T.GIT_COMMIT: lineage.git_commit(env, tags),
+        T.PULL_REQUEST: lineage.pull_request(env, pull_request, tags),
+        T.WORKFLOW_RUN: lineage.workflow_run_url(env) or "",
+        T.DATASET_DIGEST: lineage.dataset_digest(run),
+        T.LOCK_FILE_HASH: lineage.lock_file_hash(project_dir, tags),
+        T.VERSION_GATE_VERDICT: tags.get(T.GATE_VERDICT, "none"),
+        T.VERSION_GATE_DIGEST: tags.get(T.GATE_DIGEST, ""),
     }
 
 
@@ -183,6 +181,6 @@ def register_command(
         f"({conn.version_url(name, result.version)})"
     )
     if as_json:
-        print(json.dumps(result.to_dict(), indent=2))
+        output.emit_json(result.to_dict())
     output.info(summary)
     return 0

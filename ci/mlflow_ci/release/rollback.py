@@ -6,7 +6,6 @@ version it makes champion, so a rollback (which writes it too) can itself be rol
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +14,8 @@ from mlflow_ci.config import load_command_policy
 from mlflow_ci.core import output
 from mlflow_ci.core.errors import CheckFailed, ConcurrentChange, ConfigError
 from mlflow_ci.core.report import Report, check
-from mlflow_ci.mlflowio.registry import aliases, connect, get_version, previous_tag
+from mlflow_ci.mlflowio.registry import aliases, connect, get_version
+from mlflow_ci.mlflowio.tags import previous_tag
 from mlflow_ci.release.audit import registry_change
 from mlflow_ci.release.promotion import Actor, move_alias
 
@@ -97,10 +97,7 @@ def rollback(
             "audit_seq": entry.seq if entry else None,
         }
     )
-    report.write(report_dir or Path("reports") / "mlflow-ci")
-    output.write_step_summary(report.to_markdown())
+    output.finish(report, report_dir=report_dir or Path("reports") / "mlflow-ci", as_json=as_json, echo=False)
     output.set_output("version", to_version)
-    if as_json:
-        print(json.dumps(report.to_dict(), indent=2, default=str))
     output.info(f"model {name!r} @{alias} rolled back from v{current} to v{to_version}: {reason}")
     return 0
