@@ -123,8 +123,7 @@ def finish(
 
     from mlflow_ci.core.errors import CheckFailed
 
-    paths = report.write(report_dir, html_extra=html_extra)
-    write_step_summary(report.to_markdown())
+    paths = _publish(report, report_dir, html_extra=html_extra)
     if echo:
         set_output("verdict", report.verdict)
         if report.run_id:
@@ -134,7 +133,7 @@ def finish(
         click.echo(report.to_json())
     elif echo:
         click.echo(report.to_markdown())
-        info(f"report: {paths['markdown']} (also .json, .html)")
+        info(f"report: {paths['markdown']} (also .json, .html)")  # type: ignore[index]
     if report.verdict == "fail":
         if echo:
             names = ", ".join(c.name for c in report.failures) or "no checks ran"
@@ -160,7 +159,16 @@ def emit_report(report: Report, *, report_dir: Path | None, as_json: bool, text:
     is given, its Markdown in the job summary, then the report as JSON on stdout with ``--json``,
     else its Markdown (or ``text``) on stderr.  Unlike :func:`finish`, no step outputs are set and
     the exit code stays the caller's."""
-    if report_dir:
-        report.write(report_dir)
+    _publish(report, report_dir)
     markdown = report.to_markdown()
-    emit(report.to_dict(), as_json=as_json, text=markdown if text is None else text, step_summary=markdown)
+    emit(report.to_dict(), as_json=as_json, text=markdown if text is None else text)
+
+
+def _publish(
+    report: Report, report_dir: Path | None, *, html_extra: str | None = None
+) -> dict[str, Path] | None:
+    """What every report gets, whoever ends with it: its files (JSON, Markdown, HTML) when there
+    is a folder for them, and its Markdown in the job summary. Returns the files' paths."""
+    paths = report.write(report_dir, html_extra=html_extra) if report_dir is not None else None
+    write_step_summary(report.to_markdown())
+    return paths
