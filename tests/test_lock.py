@@ -35,3 +35,10 @@ def test_every_nox_session_installs_with_the_lock() -> None:
     noxfile = (ROOT / "noxfile.py").read_text(encoding="utf-8")
     assert '"--constraint", str(CONSTRAINTS)' in noxfile
     assert noxfile.count("session.install(") == 1, "one install helper, with the constraints"
+
+
+def test_test_files_have_unique_names() -> None:
+    """Tests mirror the package tree without __init__ files, so pytest imports each by its bare
+    name: two test files of one name in two folders stop the whole suite at collection."""
+    names = [path.name for path in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
