@@ -1,5 +1,6 @@
-"""ci/constraints.txt locks mlflow-ci's dependencies; it is regenerated whenever pyproject.toml's
-dependency lists change (its header records their hash)."""
+"""The repository's own promises: ci/constraints.txt locks mlflow-ci's dependencies and is
+regenerated whenever pyproject.toml's dependency lists change (its header records their hash);
+test files have unique names."""
 
 from __future__ import annotations
 
