@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from mlflow_ci.config import Server
-from mlflow_ci.core import output, proc
+from mlflow_ci.core import http, output, proc
 from mlflow_ci.core.errors import CheckFailed, ConfigError, MlflowCiError
 from mlflow_ci.core.redact import redact
 from mlflow_ci.core.report import Check, Report, check
@@ -84,17 +82,15 @@ def check_schema(backend_store_uri: str) -> Check:
 def _request(
     url: str, *, host: str | None = None, auth: tuple[str, str] | None = None, timeout: float = 10
 ) -> tuple[int, str]:
+    """One GET through mlflow-ci's HTTP client: the status and the start of the body (raises
+    :class:`~mlflow_ci.core.http.HttpError` when nothing answers)."""
     headers = {"Host": host} if host else {}
     if auth:
         import base64
 
         headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-    req = urllib.request.Request(url, headers=headers)  # noqa: S310 - http(s) URLs from the operator
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
-            return int(resp.status), resp.read(500).decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read(500).decode(errors="replace")
+    answer = http.request("GET", url, timeout=timeout, headers=headers)
+    return answer.status, answer.body[:500].decode(errors="replace")
 
 
 def check_host_header(server: Server, server_url: str) -> Check:
@@ -106,8 +102,8 @@ def check_host_header(server: Server, server_url: str) -> Check:
         status, body = _request(
             f"{server_url.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1", host=host
         )
-    except OSError as exc:
-        return check(name, False, expected="server answers", found=f"unreachable ({exc})",
+    except http.HttpError as exc:
+        return check(name, False, expected="server answers", found=f"unreachable ({exc.reason})",
                      detail=f"Is the server running at {server_url}?")  # fmt: skip
     if status == 403 and "Host" in body:
         return check(name, False, expected=f"Host: {host} accepted", found="403 Invalid Host header",
@@ -228,7 +224,7 @@ def check_auth(server: Server, env: Mapping[str, str], server_url: str | None) -
             checks.append(check("unauthenticated request refused", status == 401, expected="HTTP 401 at the public URL",
                                 found=f"HTTP {status}",
                                 detail="" if status == 401 else "The public URL answers without credentials."))  # fmt: skip
-        except OSError:
+        except http.HttpError:
             checks.append(
                 Check(
                     "unauthenticated request refused",
