@@ -25,6 +25,8 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -32,8 +34,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 from urllib.parse import unquote
 
-from mlflow_ci.core import proc
-from mlflow_ci.core.errors import ConfigError, InfraError
+from mlflow_ci.core import output, proc
+from mlflow_ci.core.errors import CommandFailed, ConfigError, InfraError
 from mlflow_ci.core.redact import redact
 
 SAMPLE_RUNS = 25
@@ -395,7 +397,8 @@ def _parse(uri: str, default_port: int, default_user: str) -> _Conn:
 
 
 def _major(version_text: str) -> int | None:
-    m = re.search(r"(\d+)\.\d+", version_text)
+    """The major version in a client's ``--version`` line (``pg_dump (PostgreSQL) 17.2`` → 17)."""
+    m = re.search(r"\(PostgreSQL\)\s+(\d+)", version_text) or re.search(r"(\d+)\.\d+", version_text)
     return int(m.group(1)) if m else None
 
 
@@ -461,20 +464,28 @@ class PostgresBackend(_ServerReads):
         finally:
             engine.dispose()
 
-    def check_tools(self) -> str:
-        for tool in ("pg_dump", "pg_restore"):
+    def _require(self, *tools: str) -> None:
+        for tool in tools:
             if shutil.which(tool) is None:
                 raise ConfigError(
                     f"{tool} is not on PATH: it is needed to back up or restore PostgreSQL.",
-                    hint="Install the PostgreSQL client of the server's major version (apt-get install postgresql-client-15).",
+                    hint="Install the PostgreSQL client of the server's major version or newer "
+                    "(apt-get install postgresql-client-15 for a PostgreSQL 15 server).",
                 )
+
+    def check_tools(self) -> str:
+        """pg_dump reads servers of its own major version and older ones, never newer ones: a
+        client at least as new as the server is accepted (a GitHub-hosted runner's is newer than
+        most servers), an older one refused before anything is written."""
+        self._require("pg_dump", "pg_restore")
         version = proc.run(["pg_dump", "--version"], env=self._env()).output.strip()
         client, server = _major(version), self._server_major()
-        if client != server:
-            raise ConfigError(
-                f"pg_dump major version {client} does not match the PostgreSQL server's {server} ({version}).",
-                hint=f"Install postgresql-client-{server} and put its pg_dump first on PATH; a dump taken by "
-                "a mismatched client may not restore.",
+        if client is None or client < server:
+            raise InfraError(
+                f"pg_dump {client if client is not None else '(unknown version)'} ({version}) is older than the "
+                f"PostgreSQL {server} server it must dump, so install postgresql-client-{server} or newer "
+                f"(apt-get install postgresql-client-{server}, from apt.postgresql.org where the distribution "
+                "lacks it) and put its pg_dump first on PATH."
             )
         return version
 
@@ -521,12 +532,92 @@ class PostgresBackend(_ServerReads):
         return Snapshot(dest.name, tool, revision, counts, sample)
 
     def restore(self, dump: Path) -> None:
-        self.check_tools()
-        proc.run(
-            ["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction",
-             f"--dbname={self.conn.database}", str(dump)],
-            env=self._env(), what="pg_restore",
-        )  # fmt: skip
+        """Load the archive with pg_restore, straight into the server when pg_restore is not newer
+        than it; a newer pg_restore (needed to read a newer pg_dump's archive) sets session
+        parameters an older server does not know (pg_restore 17: ``SET transaction_timeout``,
+        which PostgreSQL 15 rejects, failing the whole single-transaction restore), so its script
+        goes through psql without them (:func:`stream_script`: the same single read of the archive)."""
+        self._require("pg_restore")
+        version = proc.run(["pg_restore", "--version"], env=self._env()).output.strip()
+        client, server = _major(version), self._server_major()
+        if client is not None and client > server:
+            self._require("psql")
+            output.info(
+                f"pg_restore {client} is newer than the PostgreSQL {server} server: its script goes through "
+                "psql, without the session settings the server does not know."
+            )
+            self._restore_through_psql(dump)
+            return
+        try:
+            proc.run(
+                ["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction",
+                 f"--dbname={self.conn.database}", str(dump)],
+                env=self._env(), what="pg_restore",
+            )  # fmt: skip
+        except CommandFailed as exc:
+            if "unsupported version" in exc.output_tail:
+                raise InfraError(
+                    f"{version} cannot read this dump, written by a newer pg_dump (archive format "
+                    f"{_archive_format(dump)}), so install the PostgreSQL client that wrote it (the manifest's "
+                    "backend.tool) or a newer one and put its pg_restore first on PATH."
+                ) from exc
+            raise
+
+    def _server_settings(self) -> set[str]:
+        from sqlalchemy import text
+
+        engine = _engine(self.sqlalchemy_url)
+        try:
+            with engine.connect() as conn:
+                return {str(r[0]).lower() for r in conn.execute(text("SELECT name FROM pg_settings"))}
+        finally:
+            engine.dispose()
+
+    def _restore_through_psql(self, dump: Path) -> None:
+        known = self._server_settings()
+        env = self._env()
+        restore_args = [
+            "pg_restore",
+            "--no-owner",
+            "--no-privileges",
+            "--exit-on-error",
+            "--file=-",
+            str(dump),
+        ]
+        psql_args = ["psql", "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1", "--single-transaction",
+                     "--file=-", f"--dbname={self.conn.database}"]  # fmt: skip
+        with tempfile.TemporaryFile() as restore_log, tempfile.TemporaryFile() as psql_log:
+            producer = subprocess.Popen(restore_args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=restore_log, env=env, start_new_session=True)  # fmt: skip
+            consumer = subprocess.Popen(psql_args, stdin=subprocess.PIPE, stdout=psql_log,
+                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)  # fmt: skip
+            assert producer.stdout is not None
+            assert consumer.stdin is not None
+            try:
+                try:
+                    stream_script(producer.stdout, consumer.stdin, known)
+                except BrokenPipeError:
+                    pass  # psql stopped early: its exit code and output say why
+                finally:
+                    # Closed before waiting: a producer blocked on a full pipe then ends too.
+                    with contextlib.suppress(BrokenPipeError):
+                        consumer.stdin.close()
+                    producer.stdout.close()
+                codes = {"pg_restore": producer.wait(), "psql": consumer.wait()}
+            except BaseException:
+                for child in (producer, consumer):
+                    proc.kill_group(child)  # type: ignore[arg-type]
+                raise
+            for (name, code), log in zip(codes.items(), (restore_log, psql_log), strict=True):
+                if code:
+                    log.seek(0)
+                    text_out = log.read().decode(errors="replace")
+                    raise CommandFailed(
+                        f"{name} failed with exit code {code} restoring {dump.name} through psql:\n"
+                        f"{proc.tail(text_out)}",
+                        returncode=code,
+                        output_tail=proc.tail(text_out),
+                    )
 
     def _with_conn(self, fn: Any) -> Any:
         from sqlalchemy import text
@@ -557,6 +648,36 @@ def _pg_tables(conn: Any, text: Any) -> list[str]:
         )
     ).fetchall()
     return [r[0] for r in rows]
+
+
+_SET_LINE = re.compile(rb"^SET\s+(\w+)\s*(?:=|TO\b)", re.IGNORECASE)
+_PREAMBLE = (b"--", b"\\", b"SET ", b"SELECT pg_catalog.set_config", b"BEGIN")
+
+
+def stream_script(src: Any, dst: Any, known: set[str]) -> list[str]:
+    """Copy pg_restore's SQL script from ``src`` to ``dst`` leaving out the preamble's ``SET``
+    of parameters not in ``known`` (the target server's ``pg_settings``); the names left out.
+
+    Only the preamble (comments, ``\\restrict``, ``SET``, ``set_config``) is read line by line;
+    from the first statement on, the rest is copied in blocks as it comes."""
+    dropped: list[str] = []
+    for line in iter(src.readline, b""):
+        m = _SET_LINE.match(line)
+        if m is not None and m.group(1).decode().lower() not in known:
+            dropped.append(m.group(1).decode())
+            continue
+        dst.write(line)
+        if line.strip() and not line.startswith(_PREAMBLE):
+            break
+    shutil.copyfileobj(src, dst, 1 << 20)
+    return dropped
+
+
+def _archive_format(dump: Path) -> str:
+    """A custom-format archive's format version (``PGDMP`` and three bytes: 1.16.0 for pg_dump 17)."""
+    with open(dump, "rb") as fh:
+        head = fh.read(8)
+    return ".".join(str(b) for b in head[5:8]) if head.startswith(b"PGDMP") and len(head) == 8 else "unknown"
 
 
 # --------------------------------------------------------------------------------------------
