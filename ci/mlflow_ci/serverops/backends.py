@@ -12,10 +12,11 @@ Consistency, per engine:
   online backup API instead, while writers keep going); facts are then read from the copy.
 * PostgreSQL: a ``REPEATABLE READ`` transaction exports its snapshot and ``pg_dump --snapshot``
   dumps exactly that snapshot while the same transaction reads the facts.
-* MySQL/MariaDB: ``mysqldump --single-transaction`` takes its own snapshot; row counts and the
-  schema revision are then read from the dump itself, so they describe exactly what was dumped.
-  The read-back sample is taken in a consistent-snapshot transaction opened just before the
-  dump and is limited to finished runs, which no longer change.
+* MySQL/MariaDB: ``mysqldump --single-transaction`` takes its own snapshot, which no other
+  session can share; a ``REPEATABLE READ`` transaction started ``WITH CONSISTENT SNAPSHOT`` while
+  the tables are held still (``LOCK TABLES ... READ`` in another session, lifted as soon as
+  mysqldump has begun its transaction) sees the same rows, and reads the row counts, the schema
+  revision and the read-back sample (see :meth:`MysqlBackend.snapshot`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import sqlite3
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -683,31 +685,23 @@ def _archive_format(dump: Path) -> str:
 # --------------------------------------------------------------------------------------------
 # MySQL / MariaDB
 
-_INSERT_RE = re.compile(r"^INSERT INTO `([^`]+)` VALUES\s", re.MULTILINE)
-_TUPLE_TOKENS = re.compile(r"'(?:[^'\\]|\\.)*'|[()]", re.DOTALL)
+_DUMPING = (b"Table structure for table", b"CREATE TABLE `")  # written only inside the dump's transaction
+FENCE_WAIT_S = 30  # lock_wait_timeout for the fence, and the longest the dump's start is waited for
 
 
-def count_dump_rows(dump_text: str) -> dict[str, int]:
-    """Rows per table in a mysqldump file: top-level ``( ... )`` groups of each INSERT statement."""
-    counts: dict[str, int] = {}
-    for m in _INSERT_RE.finditer(dump_text):
-        table = m.group(1)
-        end = dump_text.find(";\n", m.end())
-        depth = rows = 0
-        for tok in _TUPLE_TOKENS.finditer(dump_text, m.end(), end if end != -1 else len(dump_text)):
-            t = tok.group(0)
-            if t == "(":
-                if depth == 0:
-                    rows += 1
-                depth += 1
-            elif t == ")":
-                depth -= 1
-        counts[table] = counts.get(table, 0) + rows
-    return counts
-
-
-_CREATE_RE = re.compile(r"^CREATE TABLE `([^`]+)`", re.MULTILINE)
-_ALEMBIC_RE = re.compile(r"^INSERT INTO `alembic_version` VALUES\s*\('([^']+)'\)", re.MULTILINE)
+def _wait_until_dumping(dump: subprocess.Popen[bytes], dest: Path) -> None:
+    """Until mysqldump has written a table into ``dest`` (its transaction, and so its snapshot,
+    has begun) or has exited.  Its output is buffered: the first block reaches the file after
+    the header and the first table, a few KiB in; a dump smaller than that is done first."""
+    deadline = time.monotonic() + FENCE_WAIT_S
+    while dump.poll() is None:
+        with contextlib.suppress(FileNotFoundError), open(dest, "rb") as fh:
+            head = fh.read(1 << 16)
+            if any(marker in head for marker in _DUMPING):
+                return
+        if time.monotonic() > deadline:
+            raise InfraError(f"mysqldump did not begin dumping within {FENCE_WAIT_S}s.")
+        time.sleep(0.002)
 
 
 @dataclass
@@ -771,33 +765,84 @@ class MysqlBackend(_ServerReads):
     def snapshot(
         self, dest: Path, *, sample_runs: int = SAMPLE_RUNS, taken: threading.Event | None = None
     ) -> Snapshot:
-        # mysqldump takes its own snapshot when it starts, unseen from here: ``taken`` is left for
-        # the caller to set once the dump is done.
+        """mysqldump's dump, with row counts, revision and sample read in a transaction that sees
+        exactly what the dump's own transaction sees.
+
+        mysqldump ``--single-transaction`` takes its snapshot when it starts, in a transaction
+        nobody else can join (MySQL has no ``pg_export_snapshot``).  So the two snapshots are
+        taken while the database cannot change: a fence session holds ``LOCK TABLES ... READ`` on
+        every table (granted once the writes in flight have committed; new writers wait), our
+        ``REPEATABLE READ`` transaction starts ``WITH CONSISTENT SNAPSHOT``, mysqldump starts its
+        own, and the fence is lifted as soon as mysqldump writes its first table, which it does
+        only inside its transaction.  Both snapshots therefore hold the same committed rows, and
+        the counts (``COUNT(*)`` in our transaction, while mysqldump reads in its own) describe
+        exactly what was dumped.  Writers wait for the fence, not for the dump: about the time
+        mysqldump takes to start (tens of milliseconds here).  The fence needs the LOCK TABLES
+        privilege, which the owner of MLflow's database has."""
         from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
 
         tool = self.check_tools()
         dest.parent.mkdir(parents=True, exist_ok=True)
         tables = self.tables()
         engine = _engine(self.sqlalchemy_url)
         try:
-            with engine.connect() as conn:
+            with engine.connect() as fence, engine.connect() as conn, tempfile.TemporaryFile() as log:
+                self._raise_fence(fence, tables, text)
                 conn.execute(text("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
                 conn.execute(text("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"))
-                sample = read_sample(SqlaReader(conn), tables, sample_runs=sample_runs)
-                conn.rollback()
+                dump = self._start_dump(dest, log)
+                try:
+                    try:
+                        if tables:
+                            _wait_until_dumping(dump, dest)
+                    finally:
+                        fence.execute(text("UNLOCK TABLES"))
+                    if taken is not None:
+                        taken.set()
+                    reader = SqlaReader(conn)
+                    counts = _count_rows(reader, tables)
+                    revision = _revision(reader, tables)
+                    sample = read_sample(reader, tables, sample_runs=sample_runs)
+                    conn.rollback()
+                    code = dump.wait()
+                except BaseException:
+                    proc.kill_group(dump)  # type: ignore[arg-type]
+                    raise
+                if code:
+                    log.seek(0)
+                    tail = proc.tail(log.read().decode(errors="replace"))
+                    raise CommandFailed(f"mysqldump --single-transaction exited with code {code}. Last output:\n{tail}",
+                                        returncode=code, output_tail=tail)  # fmt: skip
+        except (SQLAlchemyError, OSError) as exc:
+            raise InfraError(
+                f"MySQL snapshot of {redact(self.uri)} failed: {str(exc).splitlines()[0]}"
+            ) from exc
         finally:
             engine.dispose()
-        proc.run(
-            [self._tool("mariadb-dump", "mysqldump"), *self._args(), "--single-transaction", "--quick",
-             "--routines", "--triggers", "--hex-blob", "--no-tablespaces", "--skip-lock-tables",
-             "--default-character-set=utf8mb4", f"--result-file={dest}", self.conn.database],
-            env=self._env(), what="mysqldump --single-transaction",
-        )  # fmt: skip
-        text_dump = dest.read_text(encoding="utf-8", errors="replace")
-        counts = dict.fromkeys(_CREATE_RE.findall(text_dump), 0)
-        counts.update(count_dump_rows(text_dump))
-        m = _ALEMBIC_RE.search(text_dump)
-        return Snapshot(dest.name, tool, m.group(1) if m else None, dict(sorted(counts.items())), sample)
+        return Snapshot(dest.name, tool, revision, counts, sample)
+
+    def _raise_fence(self, fence: Any, tables: list[str], text: Any) -> None:
+        if not tables:
+            return
+        fence.execute(text(f"SET SESSION lock_wait_timeout = {FENCE_WAIT_S}"))
+        try:
+            # Table names come from the database's own catalog.
+            fence.execute(text("LOCK TABLES " + ", ".join(f"`{t}` READ" for t in tables)))
+        except Exception as exc:
+            raise InfraError(
+                f"Could not hold the tables of {redact(self.uri)} still for the snapshot's start: "
+                f"{str(exc).splitlines()[0]}",
+                hint=f"A transaction kept them longer than {FENCE_WAIT_S}s, or the user lacks the LOCK TABLES "
+                "privilege (GRANT LOCK TABLES ON <database>.* TO <user>).",
+            ) from exc
+
+    def _start_dump(self, dest: Path, log: Any) -> subprocess.Popen[bytes]:
+        args = [self._tool("mariadb-dump", "mysqldump"), *self._args(), "--single-transaction", "--quick",
+                "--routines", "--triggers", "--hex-blob", "--no-tablespaces", "--skip-lock-tables",
+                "--default-character-set=utf8mb4", f"--result-file={dest}", self.conn.database]  # fmt: skip
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=self._env(), start_new_session=True)  # fmt: skip
 
     def restore(self, dump: Path) -> None:
         client = self._tool("mariadb", "mysql")
