@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -72,3 +73,16 @@ def corrupt_stored(repo_dir: Path, obj: dict[str, Any]) -> Path:
         fh.seek(offset)
         fh.write(bytes([first[0] ^ 0xFF]))
     return path
+
+
+def apr1_hash(password: str, salt: str | None = None) -> str:
+    """An Apache ``$apr1$`` (MD5-crypt) htpasswd hash, from ``openssl passwd -apr1`` (nginx reads
+    it on every platform; people make theirs with ``htpasswd -B``, bcrypt, as the docs say)."""
+    args = ["openssl", "passwd", "-apr1", "-stdin", *(["-salt", salt] if salt else [])]
+    done = subprocess.run(args, input=password + "\n", capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def htpasswd_line(user: str, password: str, salt: str | None = None) -> str:
+    """One line of an nginx ``auth_basic_user_file``."""
+    return f"{user}:{apr1_hash(password, salt)}\n"

@@ -13,9 +13,10 @@ import pytest
 import requests
 import tomllib
 from conftest import require
+from helpers import apr1_hash, htpasswd_line
 from mlflow_ci.config import Server
 from mlflow_ci.mlflowio.tracking import TrackingServer, free_port
-from mlflow_ci.serverops.config_files import apr1_hash, htpasswd_line, render_all, render_nginx
+from mlflow_ci.serverops.config_files import render_all, render_nginx
 from mlflow_ci.serverops.profile import allowed_hosts
 from services import nginx, self_signed
 

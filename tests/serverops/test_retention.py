@@ -172,4 +172,5 @@ def test_grace_period_waits_and_gc_refuses_collateral(tmp_path: Path) -> None:
         assert refused.returncode == 1, refused.stderr
         assert "would also purge deleted experiments" in refused.stderr
         assert len(list(art.rglob("a*.txt"))) == 7
-    assert ids["r0"]
+    # The three candidates stay soft-deleted (restorable), waiting for a gc that may run.
+    assert sorted(data["soft_deleted"]) == sorted(ids[k] for k in ("r3", "r4", "r5"))

@@ -70,6 +70,31 @@ class ArtifactStore(Protocol):
         ...
 
 
+class ConditionalStore(Protocol):
+    """Compare-and-swap on one key, for the backup repository's lock (S3 and Azure Blob).
+
+    ETags are opaque strings as the store gives them; every write is atomic."""
+
+    uri: str
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """The object's content and ETag (from one response), or ``None`` when it does not exist."""
+        ...
+
+    def create_new(self, data: bytes, key: str) -> str | None:
+        """Write ``key`` only if it does not exist: its ETag, or ``None`` when it already existed."""
+        ...
+
+    def replace_if(self, data: bytes, key: str, etag: str) -> str | None:
+        """Overwrite ``key`` only if its ETag is still ``etag``: the new ETag, or ``None`` when it
+        changed or is gone."""
+        ...
+
+    def delete_if(self, key: str, etag: str) -> bool:
+        """Delete ``key`` only if its ETag is still ``etag``; whether it was deleted."""
+        ...
+
+
 _CLIENT_LOCK = threading.Lock()
 _BY_NAME = operator.attrgetter("name")
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
@@ -370,6 +395,64 @@ class S3Store:
         except Exception as exc:
             raise self._advice(exc) from exc
 
+    # Conditional writes (``If-None-Match: *``, ``If-Match: <ETag>``): AWS S3 since 2024,
+    # SeaweedFS (3.97 on; 4.17 on also under concurrent requests), MinIO.
+
+    @staticmethod
+    def _refused(exc: Exception) -> bool:
+        """A precondition that did not hold (412), a concurrent conditional write (409), or the
+        object gone (404): the caller looks again."""
+        response = getattr(exc, "response", None) or {}
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404") or status in (
+            404,
+            409,
+            412,
+        )
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            got = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return bytes(got["Body"].read()), str(got["ETag"])
+        except Exception as exc:
+            if self._refused(exc):
+                return None
+            raise self._advice(exc) from exc
+
+    def create_new(self, data: bytes, key: str) -> str | None:
+        try:
+            return str(
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")[
+                    "ETag"
+                ]
+            )
+        except Exception as exc:
+            if self._refused(exc):
+                return None
+            raise self._advice(exc) from exc
+
+    def replace_if(self, data: bytes, key: str, etag: str) -> str | None:
+        try:
+            return str(
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfMatch=etag)[
+                    "ETag"
+                ]
+            )
+        except Exception as exc:
+            if self._refused(exc):
+                return None
+            raise self._advice(exc) from exc
+
+    def delete_if(self, key: str, etag: str) -> bool:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=etag)
+            return True
+        except Exception as exc:
+            if self._refused(exc):
+                return False
+            raise self._advice(exc) from exc
+
     def flush(self) -> None:
         """A completed PUT is durable."""
 
@@ -492,6 +575,62 @@ class AzureBlobStore:
             self.container.delete_blob(self._key(key))
         except ResourceNotFoundError:
             pass
+        except Exception as exc:
+            raise self._advice(exc) from exc
+
+    # Conditional writes: a create with ``If-None-Match: *`` (``overwrite=False``) and writes and
+    # deletes with ``If-Match: <ETag>``.  (A blob lease would not do: its longest finite term is
+    # 60 s, an infinite one never ends for a holder that died, and it carries no holder's name.)
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            downloader = self.container.download_blob(self._key(key))
+            return bytes(downloader.readall()), str(downloader.properties.etag)
+        except ResourceNotFoundError:
+            return None
+        except Exception as exc:
+            raise self._advice(exc) from exc
+
+    def create_new(self, data: bytes, key: str) -> str | None:
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+        try:
+            return str(
+                self.container.get_blob_client(self._key(key)).upload_blob(data, overwrite=False)["etag"]
+            )
+        except (ResourceExistsError, ResourceModifiedError):
+            return None
+        except Exception as exc:
+            raise self._advice(exc) from exc
+
+    def replace_if(self, data: bytes, key: str, etag: str) -> str | None:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        try:
+            blob = self.container.get_blob_client(self._key(key))
+            written = blob.upload_blob(
+                data, overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified
+            )
+            return str(written["etag"])
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None
+        except Exception as exc:
+            raise self._advice(exc) from exc
+
+    def delete_if(self, key: str, etag: str) -> bool:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        try:
+            self.container.delete_blob(
+                self._key(key), etag=etag, match_condition=MatchConditions.IfNotModified
+            )
+            return True
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
         except Exception as exc:
             raise self._advice(exc) from exc
 

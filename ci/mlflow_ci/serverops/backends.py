@@ -12,10 +12,11 @@ Consistency, per engine:
   online backup API instead, while writers keep going); facts are then read from the copy.
 * PostgreSQL: a ``REPEATABLE READ`` transaction exports its snapshot and ``pg_dump --snapshot``
   dumps exactly that snapshot while the same transaction reads the facts.
-* MySQL/MariaDB: ``mysqldump --single-transaction`` takes its own snapshot; row counts and the
-  schema revision are then read from the dump itself, so they describe exactly what was dumped.
-  The read-back sample is taken in a consistent-snapshot transaction opened just before the
-  dump and is limited to finished runs, which no longer change.
+* MySQL/MariaDB: ``mysqldump --single-transaction`` takes its own snapshot, which no other
+  session can share; a ``REPEATABLE READ`` transaction started ``WITH CONSISTENT SNAPSHOT`` while
+  the tables are held still (``LOCK TABLES ... READ`` in another session, lifted as soon as
+  mysqldump has begun its transaction) sees the same rows, and reads the row counts, the schema
+  revision and the read-back sample (see :meth:`MysqlBackend.snapshot`).
 """
 
 from __future__ import annotations
@@ -25,15 +26,18 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
+import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 from urllib.parse import unquote
 
-from mlflow_ci.core import proc
-from mlflow_ci.core.errors import ConfigError, InfraError
+from mlflow_ci.core import output, proc
+from mlflow_ci.core.errors import CommandFailed, ConfigError, InfraError
 from mlflow_ci.core.redact import redact
 
 SAMPLE_RUNS = 25
@@ -395,7 +399,8 @@ def _parse(uri: str, default_port: int, default_user: str) -> _Conn:
 
 
 def _major(version_text: str) -> int | None:
-    m = re.search(r"(\d+)\.\d+", version_text)
+    """The major version in a client's ``--version`` line (``pg_dump (PostgreSQL) 17.2`` → 17)."""
+    m = re.search(r"\(PostgreSQL\)\s+(\d+)", version_text) or re.search(r"(\d+)\.\d+", version_text)
     return int(m.group(1)) if m else None
 
 
@@ -461,20 +466,28 @@ class PostgresBackend(_ServerReads):
         finally:
             engine.dispose()
 
-    def check_tools(self) -> str:
-        for tool in ("pg_dump", "pg_restore"):
+    def _require(self, *tools: str) -> None:
+        for tool in tools:
             if shutil.which(tool) is None:
                 raise ConfigError(
                     f"{tool} is not on PATH: it is needed to back up or restore PostgreSQL.",
-                    hint="Install the PostgreSQL client of the server's major version (apt-get install postgresql-client-15).",
+                    hint="Install the PostgreSQL client of the server's major version or newer "
+                    "(apt-get install postgresql-client-15 for a PostgreSQL 15 server).",
                 )
+
+    def check_tools(self) -> str:
+        """pg_dump reads servers of its own major version and older ones, never newer ones: a
+        client at least as new as the server is accepted (a GitHub-hosted runner's is newer than
+        most servers), an older one refused before anything is written."""
+        self._require("pg_dump", "pg_restore")
         version = proc.run(["pg_dump", "--version"], env=self._env()).output.strip()
         client, server = _major(version), self._server_major()
-        if client != server:
-            raise ConfigError(
-                f"pg_dump major version {client} does not match the PostgreSQL server's {server} ({version}).",
-                hint=f"Install postgresql-client-{server} and put its pg_dump first on PATH; a dump taken by "
-                "a mismatched client may not restore.",
+        if client is None or client < server:
+            raise InfraError(
+                f"pg_dump {client if client is not None else '(unknown version)'} ({version}) is older than the "
+                f"PostgreSQL {server} server it must dump, so install postgresql-client-{server} or newer "
+                f"(apt-get install postgresql-client-{server}, from apt.postgresql.org where the distribution "
+                "lacks it) and put its pg_dump first on PATH."
             )
         return version
 
@@ -521,12 +534,92 @@ class PostgresBackend(_ServerReads):
         return Snapshot(dest.name, tool, revision, counts, sample)
 
     def restore(self, dump: Path) -> None:
-        self.check_tools()
-        proc.run(
-            ["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction",
-             f"--dbname={self.conn.database}", str(dump)],
-            env=self._env(), what="pg_restore",
-        )  # fmt: skip
+        """Load the archive with pg_restore, straight into the server when pg_restore is not newer
+        than it; a newer pg_restore (needed to read a newer pg_dump's archive) sets session
+        parameters an older server does not know (pg_restore 17: ``SET transaction_timeout``,
+        which PostgreSQL 15 rejects, failing the whole single-transaction restore), so its script
+        goes through psql without them (:func:`stream_script`: the same single read of the archive)."""
+        self._require("pg_restore")
+        version = proc.run(["pg_restore", "--version"], env=self._env()).output.strip()
+        client, server = _major(version), self._server_major()
+        if client is not None and client > server:
+            self._require("psql")
+            output.info(
+                f"pg_restore {client} is newer than the PostgreSQL {server} server: its script goes through "
+                "psql, without the session settings the server does not know."
+            )
+            self._restore_through_psql(dump)
+            return
+        try:
+            proc.run(
+                ["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction",
+                 f"--dbname={self.conn.database}", str(dump)],
+                env=self._env(), what="pg_restore",
+            )  # fmt: skip
+        except CommandFailed as exc:
+            if "unsupported version" in exc.output_tail:
+                raise InfraError(
+                    f"{version} cannot read this dump, written by a newer pg_dump (archive format "
+                    f"{_archive_format(dump)}), so install the PostgreSQL client that wrote it (the manifest's "
+                    "backend.tool) or a newer one and put its pg_restore first on PATH."
+                ) from exc
+            raise
+
+    def _server_settings(self) -> set[str]:
+        from sqlalchemy import text
+
+        engine = _engine(self.sqlalchemy_url)
+        try:
+            with engine.connect() as conn:
+                return {str(r[0]).lower() for r in conn.execute(text("SELECT name FROM pg_settings"))}
+        finally:
+            engine.dispose()
+
+    def _restore_through_psql(self, dump: Path) -> None:
+        known = self._server_settings()
+        env = self._env()
+        restore_args = [
+            "pg_restore",
+            "--no-owner",
+            "--no-privileges",
+            "--exit-on-error",
+            "--file=-",
+            str(dump),
+        ]
+        psql_args = ["psql", "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1", "--single-transaction",
+                     "--file=-", f"--dbname={self.conn.database}"]  # fmt: skip
+        with tempfile.TemporaryFile() as restore_log, tempfile.TemporaryFile() as psql_log:
+            producer = subprocess.Popen(restore_args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=restore_log, env=env, start_new_session=True)  # fmt: skip
+            consumer = subprocess.Popen(psql_args, stdin=subprocess.PIPE, stdout=psql_log,
+                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)  # fmt: skip
+            assert producer.stdout is not None
+            assert consumer.stdin is not None
+            try:
+                try:
+                    stream_script(producer.stdout, consumer.stdin, known)
+                except BrokenPipeError:
+                    pass  # psql stopped early: its exit code and output say why
+                finally:
+                    # Closed before waiting: a producer blocked on a full pipe then ends too.
+                    with contextlib.suppress(BrokenPipeError):
+                        consumer.stdin.close()
+                    producer.stdout.close()
+                codes = {"pg_restore": producer.wait(), "psql": consumer.wait()}
+            except BaseException:
+                for child in (producer, consumer):
+                    proc.kill_group(child)  # type: ignore[arg-type]
+                raise
+            for (name, code), log in zip(codes.items(), (restore_log, psql_log), strict=True):
+                if code:
+                    log.seek(0)
+                    text_out = log.read().decode(errors="replace")
+                    raise CommandFailed(
+                        f"{name} failed with exit code {code} restoring {dump.name} through psql:\n"
+                        f"{proc.tail(text_out)}",
+                        returncode=code,
+                        output_tail=proc.tail(text_out),
+                    )
 
     def _with_conn(self, fn: Any) -> Any:
         from sqlalchemy import text
@@ -559,34 +652,56 @@ def _pg_tables(conn: Any, text: Any) -> list[str]:
     return [r[0] for r in rows]
 
 
+_SET_LINE = re.compile(rb"^SET\s+(\w+)\s*(?:=|TO\b)", re.IGNORECASE)
+_PREAMBLE = (b"--", b"\\", b"SET ", b"SELECT pg_catalog.set_config", b"BEGIN")
+
+
+def stream_script(src: Any, dst: Any, known: set[str]) -> list[str]:
+    """Copy pg_restore's SQL script from ``src`` to ``dst`` leaving out the preamble's ``SET``
+    of parameters not in ``known`` (the target server's ``pg_settings``); the names left out.
+
+    Only the preamble (comments, ``\\restrict``, ``SET``, ``set_config``) is read line by line;
+    from the first statement on, the rest is copied in blocks as it comes."""
+    dropped: list[str] = []
+    for line in iter(src.readline, b""):
+        m = _SET_LINE.match(line)
+        if m is not None and m.group(1).decode().lower() not in known:
+            dropped.append(m.group(1).decode())
+            continue
+        dst.write(line)
+        if line.strip() and not line.startswith(_PREAMBLE):
+            break
+    shutil.copyfileobj(src, dst, 1 << 20)
+    return dropped
+
+
+def _archive_format(dump: Path) -> str:
+    """A custom-format archive's format version (``PGDMP`` and three bytes: 1.16.0 for pg_dump 17)."""
+    with open(dump, "rb") as fh:
+        head = fh.read(8)
+    return ".".join(str(b) for b in head[5:8]) if head.startswith(b"PGDMP") and len(head) == 8 else "unknown"
+
+
 # --------------------------------------------------------------------------------------------
 # MySQL / MariaDB
 
-_INSERT_RE = re.compile(r"^INSERT INTO `([^`]+)` VALUES\s", re.MULTILINE)
-_TUPLE_TOKENS = re.compile(r"'(?:[^'\\]|\\.)*'|[()]", re.DOTALL)
+_DUMPING = (b"Table structure for table", b"CREATE TABLE `")  # written only inside the dump's transaction
+FENCE_WAIT_S = 30  # lock_wait_timeout for the fence, and the longest the dump's start is waited for
 
 
-def count_dump_rows(dump_text: str) -> dict[str, int]:
-    """Rows per table in a mysqldump file: top-level ``( ... )`` groups of each INSERT statement."""
-    counts: dict[str, int] = {}
-    for m in _INSERT_RE.finditer(dump_text):
-        table = m.group(1)
-        end = dump_text.find(";\n", m.end())
-        depth = rows = 0
-        for tok in _TUPLE_TOKENS.finditer(dump_text, m.end(), end if end != -1 else len(dump_text)):
-            t = tok.group(0)
-            if t == "(":
-                if depth == 0:
-                    rows += 1
-                depth += 1
-            elif t == ")":
-                depth -= 1
-        counts[table] = counts.get(table, 0) + rows
-    return counts
-
-
-_CREATE_RE = re.compile(r"^CREATE TABLE `([^`]+)`", re.MULTILINE)
-_ALEMBIC_RE = re.compile(r"^INSERT INTO `alembic_version` VALUES\s*\('([^']+)'\)", re.MULTILINE)
+def _wait_until_dumping(dump: subprocess.Popen[bytes], dest: Path) -> None:
+    """Until mysqldump has written a table into ``dest`` (its transaction, and so its snapshot,
+    has begun) or has exited.  Its output is buffered: the first block reaches the file after
+    the header and the first table, a few KiB in; a dump smaller than that is done first."""
+    deadline = time.monotonic() + FENCE_WAIT_S
+    while dump.poll() is None:
+        with contextlib.suppress(FileNotFoundError), open(dest, "rb") as fh:
+            head = fh.read(1 << 16)
+            if any(marker in head for marker in _DUMPING):
+                return
+        if time.monotonic() > deadline:
+            raise InfraError(f"mysqldump did not begin dumping within {FENCE_WAIT_S}s.")
+        time.sleep(0.002)
 
 
 @dataclass
@@ -650,33 +765,84 @@ class MysqlBackend(_ServerReads):
     def snapshot(
         self, dest: Path, *, sample_runs: int = SAMPLE_RUNS, taken: threading.Event | None = None
     ) -> Snapshot:
-        # mysqldump takes its own snapshot when it starts, unseen from here: ``taken`` is left for
-        # the caller to set once the dump is done.
+        """mysqldump's dump, with row counts, revision and sample read in a transaction that sees
+        exactly what the dump's own transaction sees.
+
+        mysqldump ``--single-transaction`` takes its snapshot when it starts, in a transaction
+        nobody else can join (MySQL has no ``pg_export_snapshot``).  So the two snapshots are
+        taken while the database cannot change: a fence session holds ``LOCK TABLES ... READ`` on
+        every table (granted once the writes in flight have committed; new writers wait), our
+        ``REPEATABLE READ`` transaction starts ``WITH CONSISTENT SNAPSHOT``, mysqldump starts its
+        own, and the fence is lifted as soon as mysqldump writes its first table, which it does
+        only inside its transaction.  Both snapshots therefore hold the same committed rows, and
+        the counts (``COUNT(*)`` in our transaction, while mysqldump reads in its own) describe
+        exactly what was dumped.  Writers wait for the fence, not for the dump: about the time
+        mysqldump takes to start (13-19 ms here, 25 tables).  The fence needs the LOCK TABLES
+        privilege, which the owner of MLflow's database has."""
         from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
 
         tool = self.check_tools()
         dest.parent.mkdir(parents=True, exist_ok=True)
         tables = self.tables()
         engine = _engine(self.sqlalchemy_url)
         try:
-            with engine.connect() as conn:
+            with engine.connect() as fence, engine.connect() as conn, tempfile.TemporaryFile() as log:
+                self._raise_fence(fence, tables, text)
                 conn.execute(text("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
                 conn.execute(text("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"))
-                sample = read_sample(SqlaReader(conn), tables, sample_runs=sample_runs)
-                conn.rollback()
+                dump = self._start_dump(dest, log)
+                try:
+                    try:
+                        if tables:
+                            _wait_until_dumping(dump, dest)
+                    finally:
+                        fence.execute(text("UNLOCK TABLES"))
+                    if taken is not None:
+                        taken.set()
+                    reader = SqlaReader(conn)
+                    counts = _count_rows(reader, tables)
+                    revision = _revision(reader, tables)
+                    sample = read_sample(reader, tables, sample_runs=sample_runs)
+                    conn.rollback()
+                    code = dump.wait()
+                except BaseException:
+                    proc.kill_group(dump)  # type: ignore[arg-type]
+                    raise
+                if code:
+                    log.seek(0)
+                    tail = proc.tail(log.read().decode(errors="replace"))
+                    raise CommandFailed(f"mysqldump --single-transaction exited with code {code}. Last output:\n{tail}",
+                                        returncode=code, output_tail=tail)  # fmt: skip
+        except (SQLAlchemyError, OSError) as exc:
+            raise InfraError(
+                f"MySQL snapshot of {redact(self.uri)} failed: {str(exc).splitlines()[0]}"
+            ) from exc
         finally:
             engine.dispose()
-        proc.run(
-            [self._tool("mariadb-dump", "mysqldump"), *self._args(), "--single-transaction", "--quick",
-             "--routines", "--triggers", "--hex-blob", "--no-tablespaces", "--skip-lock-tables",
-             "--default-character-set=utf8mb4", f"--result-file={dest}", self.conn.database],
-            env=self._env(), what="mysqldump --single-transaction",
-        )  # fmt: skip
-        text_dump = dest.read_text(encoding="utf-8", errors="replace")
-        counts = dict.fromkeys(_CREATE_RE.findall(text_dump), 0)
-        counts.update(count_dump_rows(text_dump))
-        m = _ALEMBIC_RE.search(text_dump)
-        return Snapshot(dest.name, tool, m.group(1) if m else None, dict(sorted(counts.items())), sample)
+        return Snapshot(dest.name, tool, revision, counts, sample)
+
+    def _raise_fence(self, fence: Any, tables: list[str], text: Any) -> None:
+        if not tables:
+            return
+        fence.execute(text(f"SET SESSION lock_wait_timeout = {FENCE_WAIT_S}"))
+        try:
+            # Table names come from the database's own catalog.
+            fence.execute(text("LOCK TABLES " + ", ".join(f"`{t}` READ" for t in tables)))
+        except Exception as exc:
+            raise InfraError(
+                f"Could not hold the tables of {redact(self.uri)} still for the snapshot's start: "
+                f"{str(exc).splitlines()[0]}",
+                hint=f"A transaction kept them longer than {FENCE_WAIT_S}s, or the user lacks the LOCK TABLES "
+                "privilege (GRANT LOCK TABLES ON <database>.* TO <user>).",
+            ) from exc
+
+    def _start_dump(self, dest: Path, log: Any) -> subprocess.Popen[bytes]:
+        args = [self._tool("mariadb-dump", "mysqldump"), *self._args(), "--single-transaction", "--quick",
+                "--routines", "--triggers", "--hex-blob", "--no-tablespaces", "--skip-lock-tables",
+                "--default-character-set=utf8mb4", f"--result-file={dest}", self.conn.database]  # fmt: skip
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=self._env(), start_new_session=True)  # fmt: skip
 
     def restore(self, dump: Path) -> None:
         client = self._tool("mariadb", "mysql")

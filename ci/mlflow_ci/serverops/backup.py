@@ -43,20 +43,22 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mlflow_ci import __version__
-from mlflow_ci.core import output, parallel
+from mlflow_ci.core import faults, output, parallel
 from mlflow_ci.core.errors import ConfigError, InfraError
 from mlflow_ci.core.redact import redact
 from mlflow_ci.serverops.artifact_stores import (
     ArtifactStore,
+    ConditionalStore,
     LocalStore,
     ObjectInfo,
     _copy_hashing,
@@ -216,24 +218,25 @@ class BackupRepo:
         return out
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """One backup or prune at a time on a local repository (object stores: schedule them apart)."""
+    def lock(self, holder: str, env: Mapping[str, str] | None = None) -> Iterator[RepoLock]:
+        """One backup or prune at a time per repository (see :class:`StoreLock`): exit 3 naming
+        the holder, after waiting up to ``MLFLOW_CI_LOCK_WAIT`` seconds (default 0) for it."""
+        env = os.environ if env is None else env
+        wait = _seconds(env, LOCK_WAIT_ENV, 0.0, minimum=0.0)
         root = self.local_root
         if root is None:
-            yield
+            ttl = _seconds(env, LOCK_TTL_ENV, LOCK_TTL_S, minimum=1.0)
+            held = StoreLock(self.store, self.uri, holder, ttl=ttl, env=env)  # type: ignore[arg-type]
+            held.acquire(wait)
+            try:
+                yield held
+            finally:
+                held.release()
             return
         root.mkdir(parents=True, exist_ok=True)
-        with open(root / ".lock", "w") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise InfraError(
-                    f"Another backup is writing to {root} right now (it holds {root / '.lock'})."
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with _FileLock(root / LOCK_KEY, holder, env) as file_lock:
+            file_lock.acquire(wait)
+            yield file_lock
 
     @contextlib.contextmanager
     def materialize(self, key: str) -> Iterator[Path]:
@@ -249,6 +252,234 @@ class BackupRepo:
             path = Path(tmp) / "obj"
             self.store.get(key, path)
             yield path
+
+
+# --------------------------------------------------------------------------------------------
+# The repository's lock
+
+LOCK_KEY = ".lock"
+LOCK_TTL_S = 300.0  # an object-store lock not renewed for this long is taken over
+LOCK_TTL_ENV = "MLFLOW_CI_LOCK_TTL"
+LOCK_WAIT_ENV = "MLFLOW_CI_LOCK_WAIT"
+LOCK_POLL_S = 1.0
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= minimum:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds of at least {minimum:g}.")
+    return value
+
+
+def _stamp(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _holder_info(holder: str, env: Mapping[str, str]) -> dict[str, Any]:
+    info: dict[str, Any] = {"holder": holder, "host": socket.gethostname(), "pid": os.getpid()}
+    if env.get("GITHUB_RUN_ID"):
+        server, repository = (
+            env.get("GITHUB_SERVER_URL", "https://github.com"),
+            env.get("GITHUB_REPOSITORY", ""),
+        )
+        info["run"] = f"{server}/{repository}/actions/runs/{env['GITHUB_RUN_ID']}"
+    return info
+
+
+def _describe(info: Mapping[str, Any]) -> str:
+    """``mlflow-ci backup <id> (pid 12 on host, since <time>[, <run url>])``."""
+    where = f"pid {info.get('pid', '?')} on {info.get('host', '?')}, since {info.get('created', '?')}"
+    if info.get("run"):
+        where += f", {info['run']}"
+    return f"{info.get('holder', 'an unnamed holder')} ({where})"
+
+
+class RepoLock(Protocol):
+    def check(self) -> None:
+        """Raise :class:`InfraError` if the lock was lost: called before anything is published or deleted."""
+        ...
+
+
+class _FileLock:
+    """A local repository's lock: ``flock`` on ``.lock``, which the kernel releases when the
+    holder's process ends, however it ends; the file names the holder for whoever waits."""
+
+    def __init__(self, path: Path, holder: str, env: Mapping[str, str]) -> None:
+        self.path, self.info = path, _holder_info(holder, env)
+        self.fd = -1
+
+    def __enter__(self) -> _FileLock:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)  # releases the flock
+
+    def acquire(self, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise InfraError(
+                        f"Another backup or prune is writing to {self.path.parent} right now: "
+                        f"{self._holder()} holds its lock ({self.path}).",
+                        hint=f"Let it finish, or make this one wait for it: {LOCK_WAIT_ENV}=<seconds>.",
+                    ) from None
+                time.sleep(min(LOCK_POLL_S / 5, max(deadline - time.monotonic(), 0.01)))
+        body = json.dumps({**self.info, "created": _stamp(time.time())}).encode()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, body, 0)
+
+    def _holder(self) -> str:
+        try:
+            return _describe(json.loads(self.path.read_bytes()))
+        except (OSError, ValueError):
+            return "another process"
+
+    def check(self) -> None:
+        """A held flock cannot be lost."""
+
+
+class StoreLock:
+    """An object-store repository's lock: the object ``.lock``, written with conditional writes.
+
+    Taken by creating it only if it does not exist (S3 ``If-None-Match: *``, Azure
+    ``overwrite=False``); it names its holder (holder, host, pid, created) and when it
+    ``expires``.  The holder renews it every third of its term (``MLFLOW_CI_LOCK_TTL``, 300 s), each
+    time only if it is still the object it wrote (``If-Match`` on its ETag), and deletes it the same
+    way when done.  A lock past its expiry (its holder died) is taken over with a write conditional
+    on the ETag that was read, so of two processes taking it over only one wins.
+
+    What this guarantees: one holder at a time, as long as the store honours conditional writes
+    (checked each time the lock is taken) and the hosts' clocks agree to well within the term.
+    A holder that cannot renew for a whole term (stalled, cut off) may have lost the lock to a
+    successor: it finds out before it publishes a manifest or deletes anything (:meth:`check`)
+    and stops with exit 3.  Writes already made by then are packs and content-addressed objects,
+    which no published manifest names or which hold the same bytes, so nothing is lost either way.
+    """
+
+    def __init__(self, store: ConditionalStore, uri: str, holder: str, *, ttl: float,
+                 env: Mapping[str, str]) -> None:  # fmt: skip
+        self.store, self.uri, self.ttl = store, uri, ttl
+        self.info = {**_holder_info(holder, env), "token": secrets.token_hex(8)}
+        self.created = time.time()
+        self.etag: str | None = None
+        self.expires = 0.0
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def _body(self) -> tuple[bytes, float]:
+        now = time.time()
+        body = {
+            **self.info,
+            "created": _stamp(self.created),
+            "renewed": _stamp(now),
+            "expires": _stamp(now + self.ttl),
+        }
+        return json.dumps(body, sort_keys=True).encode(), now + self.ttl
+
+    def acquire(self, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while True:
+            body, expires = self._body()
+            etag = self.store.create_new(body, LOCK_KEY)
+            if etag is None:
+                etag = self._take_over_if_expired(body, deadline)
+            if etag is not None:
+                break
+        self.etag, self.expires = etag, expires
+        self._check_conditional_writes(body)
+        self._renewer = threading.Thread(target=self._renew, name="mlflow-ci-lock", daemon=True)
+        self._renewer.start()
+
+    def _take_over_if_expired(self, body: bytes, deadline: float) -> str | None:
+        """The new ETag if the present lock had expired and this process took it over; ``None``
+        to try again (it was released or taken meanwhile); raises once ``deadline`` has passed."""
+        current = self.store.read_tagged(LOCK_KEY)
+        if current is None:
+            return None  # released between the two requests
+        raw, etag = current
+        try:
+            held = json.loads(raw)
+            expires = dt.datetime.fromisoformat(held["expires"]).timestamp()
+        except (ValueError, KeyError, TypeError):
+            held, expires = {}, 0.0  # not a lock this code wrote: treated as expired
+        if time.time() >= expires:
+            taken = self.store.replace_if(body, LOCK_KEY, etag)
+            if taken is not None:
+                output.warning(f"took over the lock of {self.uri} from {_describe(held)}: it expired at "
+                               f"{held.get('expires', '?')} without being renewed")  # fmt: skip
+            return taken
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise InfraError(
+                f"Another backup or prune is writing to {self.uri} right now: {_describe(held)} holds its "
+                f"lock until {held.get('expires')} (renewed while it works).",
+                hint=f"Let it finish, or make this one wait for it: {LOCK_WAIT_ENV}=<seconds>. A lock whose "
+                "holder died expires at the time it names and is then taken over.",
+            )
+        time.sleep(min(LOCK_POLL_S, left, max(expires - time.time(), 0.01)))
+        return None
+
+    def _check_conditional_writes(self, body: bytes) -> None:
+        """A second create of the lock just taken must be refused; a store that accepts it ignores
+        ``If-None-Match`` and cannot lock anything."""
+        if self.store.create_new(body, LOCK_KEY) is None:
+            return
+        with contextlib.suppress(InfraError):
+            self.store.delete(LOCK_KEY)
+        raise InfraError(
+            f"The store of {self.uri} ignores conditional writes (a second create-if-absent of {LOCK_KEY} "
+            "succeeded), so a backup and a prune could not be kept apart on it.",
+            hint="Use a store that honours If-None-Match and If-Match on PUT (AWS S3, SeaweedFS 4.17 or newer, "
+            "MinIO, Azure Blob).",
+        )
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            body, expires = self._body()
+            try:
+                etag = self.store.replace_if(body, LOCK_KEY, self.etag or "")
+            except InfraError as exc:
+                if time.time() >= self.expires:
+                    self.lost = f"it could not be renewed before it expired ({exc.message})"
+                    return
+                continue  # a passing fault: the next renewal is still in time
+            if etag is None:
+                self.lost = "another process took it over after it expired unrenewed"
+                return
+            self.etag, self.expires = etag, expires
+
+    def check(self) -> None:
+        if self.lost is None and time.time() >= self.expires:
+            self.lost = "it expired without being renewed"
+        if self.lost is not None:
+            raise InfraError(
+                f"This process lost the lock of {self.uri}: {self.lost}; it stopped before publishing or "
+                "deleting anything.",
+                hint="Run it again; the repository holds what the last complete backup published.",
+            )
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+        if self.lost is None and self.etag is not None:
+            try:
+                self.store.delete_if(LOCK_KEY, self.etag)
+            except InfraError as exc:
+                output.warning(f"could not remove the lock of {self.uri} ({exc.message}); it expires at "
+                               f"{_stamp(self.expires)}")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,7 +797,8 @@ def take_backup(
     backup_id = new_backup_id()
     sync = repo.local_root is not None  # the dumps stay where they are written (object stores: uploaded)
     timings: dict[str, float] = {}
-    with repo.lock():
+    with repo.lock(f"mlflow-ci backup {backup_id}", env) as held:
+        faults.point("backup_locked")
         _remove_partials(repo)
         previous_id = repo.latest()
         previous = repo.manifest(previous_id) if previous_id else None
@@ -588,9 +820,10 @@ def take_backup(
             )
             (staging / MANIFEST).write_text(manifest_text(manifest))
             _make_durable(repo, stats)
+            held.check()
             _publish(repo, staging, backup_id)
         if keep:
-            manifest["pruned"] = prune(repo, keep=keep)
+            manifest["pruned"] = prune(repo, keep=keep, held=held)
     return manifest
 
 
@@ -731,7 +964,7 @@ def _remove_partials(repo: BackupRepo) -> None:
             stray.unlink(missing_ok=True)
 
 
-def prune(repo: BackupRepo, *, keep: int) -> dict[str, Any]:
+def prune(repo: BackupRepo, *, keep: int, held: RepoLock | None = None) -> dict[str, Any]:
     """Keep the newest ``keep`` complete backups; delete older sets, and the loose objects and
     packs no remaining manifest names.
 
@@ -739,12 +972,19 @@ def prune(repo: BackupRepo, *, keep: int) -> dict[str, Any]:
     the newest names less than half of it, so it goes when they are pruned in turn).  With no
     backup to delete nothing is swept (listing every object of a large repository costs more
     than the rest of a small backup): what a killed backup left is never trusted, and goes with
-    the next sweep."""
+    the next sweep.
+
+    Under the repository's lock: ``held`` when the caller holds it (a backup prunes under its
+    own), else taken here."""
+    if held is None:
+        with repo.lock("mlflow-ci prune") as lock:
+            return prune(repo, keep=keep, held=lock)
     ids = repo.backup_ids()
     doomed = ids[:-keep] if keep > 0 else []
     if not doomed:
         return {"backups_removed": [], "objects_removed": 0, "packs_removed": 0, "objects_released": 0}
     released = {o["sha256"] for backup_id in doomed for o in repo.manifest(backup_id)["artifacts"]["objects"]}
+    held.check()
     for backup_id in doomed:
         for info in list(repo.store.list(f"backups/{backup_id}/")):
             if info.key.endswith(MANIFEST):
@@ -763,6 +1003,7 @@ def prune(repo: BackupRepo, *, keep: int) -> dict[str, Any]:
             else:
                 loose.add(o["sha256"])
     removed = 0
+    held.check()
     for info in list(repo.store.list("objects/")):
         if info.key.rsplit("/", 1)[-1] not in loose:
             repo.store.delete(info.key)

@@ -20,8 +20,6 @@ package (``templates/``, read through :mod:`importlib.resources`).
 from __future__ import annotations
 
 import functools
-import hashlib
-import secrets
 import shlex
 from importlib import resources
 from pathlib import Path
@@ -37,56 +35,6 @@ if TYPE_CHECKING:
     import jinja2
 
 MLFLOW_VERSION = "3.17.2"
-_ITOA64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
-
-def apr1_hash(password: str, salt: str | None = None) -> str:
-    """An Apache ``$apr1$`` (MD5-crypt) htpasswd hash, as ``htpasswd -m`` / ``openssl passwd -apr1`` make.
-
-    nginx reads it on every platform.  (For bcrypt use ``htpasswd -B``: nginx then relies on the
-    system's crypt(), which glibc's libxcrypt supports.)
-    """
-    salt = (salt or "".join(secrets.choice(_ITOA64) for _ in range(8)))[:8]
-    pw, s, magic = password.encode(), salt.encode(), b"$apr1$"
-
-    def md5(data: bytes) -> bytes:
-        return hashlib.md5(data, usedforsecurity=False).digest()
-
-    final = md5(pw + s + pw)
-    ctx = pw + magic + s
-    for left in range(len(pw), 0, -16):
-        ctx += final[: min(16, left)]
-    i = len(pw)
-    while i:
-        ctx += b"\x00" if i & 1 else pw[:1]
-        i >>= 1
-    final = md5(ctx)
-    for i in range(1000):
-        step = pw if i & 1 else final
-        if i % 3:
-            step += s
-        if i % 7:
-            step += pw
-        step += final if i & 1 else pw
-        final = md5(step)
-
-    def to64(value: int, n: int) -> str:
-        out = ""
-        for _ in range(n):
-            out += _ITOA64[value & 0x3F]
-            value >>= 6
-        return out
-
-    f = final
-    encoded = "".join(
-        to64((f[a] << 16) | (f[b] << 8) | f[c], 4)
-        for a, b, c in ((0, 6, 12), (1, 7, 13), (2, 8, 14), (3, 9, 15), (4, 10, 5))
-    ) + to64(f[11], 2)
-    return f"$apr1${salt}${encoded}"
-
-
-def htpasswd_line(user: str, password: str, salt: str | None = None) -> str:
-    return f"{user}:{apr1_hash(password, salt)}\n"
 
 
 def _public_host(server: Server) -> str:
