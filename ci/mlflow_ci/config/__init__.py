@@ -14,6 +14,14 @@ from mlflow_ci.config.loader import (
     load_command_policy,
     load_policy,
 )
+from mlflow_ci.config.monitoring import (
+    DatasetRule,
+    EffectThresholds,
+    MissingValues,
+    Monitoring,
+    PredictionDrift,
+    UnseenCategories,
+)
 from mlflow_ci.config.policy import Policy
 from mlflow_ci.config.release import (
     Aliases,
@@ -48,9 +56,11 @@ __all__ = [
     "Backup",
     "Baseline",
     "Budgets",
+    "DatasetRule",
     "Deploy",
     "Direction",
     "DockerTarget",
+    "EffectThresholds",
     "EnvManager",
     "Evaluation",
     "Gates",
@@ -60,9 +70,12 @@ __all__ = [
     "LoadedPolicy",
     "LocalTarget",
     "MetricGate",
+    "MissingValues",
     "ModelChecks",
+    "Monitoring",
     "Naming",
     "Policy",
+    "PredictionDrift",
     "Promotion",
     "PromotionRule",
     "Registry",
@@ -74,6 +87,7 @@ __all__ = [
     "Smoke",
     "Tags",
     "Train",
+    "UnseenCategories",
     "env_overrides",
     "find_policy",
     "json_schema",
