@@ -47,7 +47,8 @@ def drift_command(
     files = expand(current, what="current data")
     conn = connect(tracking_uri) if tracking_uri else None
 
-    with output.step(f"reference profile from {reference}"):
+    # MLflow's client prints to stdout (run links); --json keeps stdout for the report alone.
+    with output.step(f"reference profile from {reference}"), output.stdout_to_stderr():
         ref = load_reference(
             reference,
             tracking_uri=tracking_uri,
@@ -87,7 +88,8 @@ def drift_command(
             cfg.experiment, project=policy.project, model=model.name if model else None
         )
         when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        run_id, url = start_run(conn, experiment, run_name=f"drift {when}", tags=tags)
+        with output.stdout_to_stderr():
+            run_id, url = start_run(conn, experiment, run_name=f"drift {when}", tags=tags)
         report.run_id, report.run_url, report.tracking_uri = run_id, url, conn.server
         params: dict[str, Any] = {
             "reference": ref.description,
@@ -103,9 +105,10 @@ def drift_command(
             "git_commit": env.get("GITHUB_SHA", ""),
         }
         try:
-            log_results(
-                conn, run_id, result=result, report=report, html_extra=extra, current=cur, params=params
-            )
+            with output.stdout_to_stderr():
+                log_results(
+                    conn, run_id, result=result, report=report, html_extra=extra, current=cur, params=params
+                )
         except BaseException:
             fail_run(conn, run_id)
             raise

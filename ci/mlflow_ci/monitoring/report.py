@@ -19,6 +19,7 @@ from mlflow_ci.monitoring.profile import FeatureProfile, Profile
 REF_COLOUR = "#5f6368"
 CUR_COLOUR = "#e8710a"
 MAX_BARS = 20
+DISPLAY_BINS = 25
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -185,11 +186,17 @@ def numeric_svg(name: str, ref: FeatureProfile, cur: FeatureProfile, subtitle: s
     if upper.size > 1:
         lower[0] = max(lower[0], upper[0] - span)
         upper[-1] = min(upper[-1], lower[-1] + span)
+    # Display bins: runs of consecutive reference bins (at most DISPLAY_BINS), so that sampling
+    # noise in 1 %-bins does not hide the shape.
+    step = max(1, math.ceil(lower.size / DISPLAY_BINS))
+    starts = np.arange(0, lower.size, step)
+    lower, upper = lower[starts], upper[np.minimum(starts + step, upper.size) - 1]
     widths = np.maximum(upper - lower, 1e-12)
     dens = []
     for fp in (ref, cur):
         n = fp.counts.sum()
-        dens.append(fp.counts / n / widths if n else np.zeros_like(widths))
+        grouped = np.add.reduceat(fp.counts, starts)
+        dens.append(grouped / n / widths if n else np.zeros_like(widths))
     x0, x1 = float(lower[0]), float(upper[-1])
     if not x1 > x0:
         x1 = x0 + 1.0
