@@ -155,3 +155,21 @@ def test_policy_defaults_match_the_profile_helper() -> None:
 def test_log_profile_needs_an_active_run() -> None:
     with pytest.raises(ConfigError, match="active MLflow run"):
         prof.log_profile(frame(10))
+
+
+@pytest.mark.parametrize("data", ["normal", "lognormal", "integers", "huge", "cauchy"])
+def test_binner_equals_searchsorted(data: str) -> None:
+    rng = np.random.default_rng(11)
+    draw = {
+        "normal": lambda n: rng.normal(size=n),
+        "lognormal": lambda n: rng.lognormal(size=n),
+        "integers": lambda n: rng.integers(0, 50, n).astype(float),
+        "huge": lambda n: rng.exponential(size=n) * 1e12,
+        "cauchy": rng.standard_cauchy,
+    }[data]
+    edges = np.asarray(prof.numeric_spec(draw(20_000)).edges)
+    # Values on, just beside and between the edges, and far outside them.
+    values = np.concatenate(
+        [draw(50_000), edges, np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf), [-1e300, 1e300]]
+    )
+    assert (prof.Binner(edges)(values) == np.searchsorted(edges, values, side="right")).all()
