@@ -107,3 +107,13 @@ def test_missing_values_and_unseen_categories_are_checked_separately() -> None:
     assert by["city"].unseen_examples == {"zz": 300}
     assert not any(r.unseen_excess for r in result.all if r.name != "city")
     assert np.isclose(by["city"].unseen_share, 0.1)
+
+
+def test_current_data_without_predictions_is_only_a_note() -> None:
+    ref = build_profile(frame(3000))
+    cur_df = frame(1000, seed=8).drop(columns="prediction")
+    result = compare(ref, profile_batches([cur_df], ref.specs), CFG, absent={"prediction"})
+    assert result.absent == []
+    assert result.prediction is not None
+    assert result.prediction.verdict == "missing column"
+    assert result.dataset_verdict == "no drift"

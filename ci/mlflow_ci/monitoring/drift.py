@@ -107,7 +107,8 @@ class DriftResult:
 
     @property
     def absent(self) -> list[str]:
-        return [f.name for f in self.all if f.verdict == ABSENT]
+        """Features missing from the current data (a missing prediction column is only a note)."""
+        return [f.name for f in self.features if f.verdict == ABSENT]
 
     @property
     def all(self) -> list[FeatureResult]:
