@@ -507,7 +507,8 @@ class FeatureProfile:
 
     def _add_numeric(self, values: np.ndarray) -> None:
         self.rows += int(values.size)
-        finite = values[np.isfinite(values)]
+        ok = np.isfinite(values)
+        finite = values if ok.all() else values[ok]
         self.missing += int(values.size - finite.size)
         if finite.size == 0:
             return
@@ -520,7 +521,8 @@ class FeatureProfile:
         self.max = max(self.max, float(finite.max()))
         n_b = finite.size
         mean_b = float(finite.mean())
-        m2_b = float(np.square(finite - mean_b).sum())
+        dev = finite - mean_b
+        m2_b = float(np.dot(dev, dev))
         self._merge_moments(n_b, mean_b, m2_b, self.count - n_b)
 
     def _merge_moments(self, n_b: int, mean_b: float, m2_b: float, n_a: int) -> None:

@@ -32,6 +32,7 @@ CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 BATCH_ROWS = 262_144
 CACHE_BYTES = 256 * 1024 * 1024
+READAHEAD = 2
 GLOB_CHARS = set("*?[")
 
 
@@ -160,7 +161,10 @@ def iter_batches(
                 scan.absent.update(c for c in wanted if c not in names)
                 scan.extra.update(c for c in names if c not in wanted)
         try:
-            for batch in dataset.to_batches(columns=use, batch_size=batch_rows):
+            # Little read-ahead: pyarrow's default (16 batches) would hold ~16 chunks in memory.
+            for batch in dataset.to_batches(
+                columns=use, batch_size=batch_rows, batch_readahead=READAHEAD, fragment_readahead=1
+            ):
                 if scan is not None:
                     scan.rows += batch.num_rows
                 yield path, batch
