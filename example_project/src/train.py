@@ -4,7 +4,8 @@ Run through ``mlflow run`` (which creates the run and passes its id in ``MLFLOW_
 directly with ``python -m src.train`` from the project directory (which creates a run in the
 experiment named by ``MLFLOW_EXPERIMENT_NAME``). Either way the run gets the team's name
 ``run_<objective>_<seed>``, the required tags, all parameters, held-out metrics, the training
-and evaluation datasets, the model (signature + input example) and ``reports/metrics.json``.
+and evaluation datasets, the model (signature + input example), ``reports/metrics.json`` and,
+where mlflow-ci is installed, the training data's profile for drift monitoring.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ import mlflow.sklearn
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+
+try:  # mlflow-ci's profile helper, where the training environment has mlflow-ci installed
+    from mlflow_ci.monitoring import log_profile
+except ImportError:  # a lean environment (this project's locked one): no reference profile
+    log_profile = None
 
 from .config import PROJECT_DIR, RunConfig, load_run_config
 from .data import TARGET, features_and_target, load_dataset, resolve_data_path, split, stratified_sample
@@ -187,6 +193,11 @@ def train(args: argparse.Namespace, config: RunConfig) -> str:
                 pip_requirements=model_requirements(Path(tmp)),
                 skops_trusted_types=SKOPS_TRUSTED_TYPES,
             )
+        if log_profile is not None:
+            # The reference `mlflow-ci drift models:/<model>@champion new.parquet` compares with.
+            log_profile(x_train, predictions=model.predict(x_train), name="training")
+        else:
+            print("mlflow-ci is not installed in this environment: no reference profile logged.")
         # Linked to the logged model and the evaluation set, so they show on both in the UI.
         mlflow.log_metrics(metrics, model_id=info.model_id, dataset=test_ds)
         mlflow.log_dict(

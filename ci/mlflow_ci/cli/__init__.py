@@ -5,7 +5,7 @@ packages, and the one error handler. Nothing else in the package imports it.
 group's module (imported here for that effect) attaches its commands to the root group.
 """
 
-from mlflow_ci.cli import checks, demo, policy, release, server, serving, workflows  # noqa: F401
+from mlflow_ci.cli import checks, demo, monitoring, policy, release, server, serving, workflows  # noqa: F401
 from mlflow_ci.cli.app import cli, main
 
 __all__ = ["cli", "main"]

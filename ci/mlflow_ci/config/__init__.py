@@ -25,6 +25,14 @@ from mlflow_ci.config.loader import (
     load_command_policy,
     load_policy,
 )
+from mlflow_ci.config.monitoring import (
+    DatasetRule,
+    EffectThresholds,
+    MissingValues,
+    Monitoring,
+    PredictionDrift,
+    UnseenCategories,
+)
 from mlflow_ci.config.policy import Policy
 from mlflow_ci.config.release import (
     Aliases,
@@ -61,9 +69,11 @@ __all__ = [
     "Backup",
     "Baseline",
     "Budgets",
+    "DatasetRule",
     "Deploy",
     "Direction",
     "DockerTarget",
+    "EffectThresholds",
     "EnvManager",
     "Evaluation",
     "Family",
@@ -76,9 +86,12 @@ __all__ = [
     "LoadedPolicy",
     "LocalTarget",
     "MetricGate",
+    "MissingValues",
     "ModelChecks",
+    "Monitoring",
     "Naming",
     "Policy",
+    "PredictionDrift",
     "Promotion",
     "PromotionRule",
     "Registry",
@@ -90,6 +103,7 @@ __all__ = [
     "Smoke",
     "Tags",
     "Train",
+    "UnseenCategories",
     "env_overrides",
     "find_policy",
     "json_schema",

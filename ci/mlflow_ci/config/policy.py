@@ -8,6 +8,7 @@ from pydantic import Field
 
 from mlflow_ci.config.base import NAME_RE, Section
 from mlflow_ci.config.checks import Levels, Naming, Smoke, Tags, Train
+from mlflow_ci.config.monitoring import Monitoring
 from mlflow_ci.config.release import Gates, Registry
 from mlflow_ci.config.serverops import Backup, Retention, Server
 from mlflow_ci.config.serving import Deploy
@@ -32,3 +33,7 @@ class Policy(Section):
     backup: Backup | None = Field(None, description="Backups of the tracking server.")
     retention: Retention | None = Field(None, description="Run retention rules.")
     deploy: Deploy = Field(default_factory=Deploy)
+    monitoring: Monitoring = Field(
+        default_factory=Monitoring,
+        description="Drift of new data against the training profile (mlflow-ci drift).",
+    )

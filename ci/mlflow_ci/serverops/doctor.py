@@ -263,7 +263,14 @@ def doctor(*, server: Server, server_url: str | None = None, model_size_mb: floa
                          "Use workers: 1, or PostgreSQL/MySQL."))  # fmt: skip
     try:
         tool = backend_for(server.backend_store_uri).check_tools()
-        report.add(check("backup tools", True, expected="dump client present, at least as new as the server", found=tool))
+        report.add(
+            check(
+                "backup tools",
+                True,
+                expected="dump client present, at least as new as the server",
+                found=tool,
+            )
+        )
     except MlflowCiError as exc:
         report.add(check("backup tools", False, expected="dump client present, at least as new as the server", found="problem",
                          detail=str(exc)))  # fmt: skip
