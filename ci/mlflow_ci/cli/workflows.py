@@ -1,5 +1,5 @@
-"""Commands for GitHub workflows: the sticky PR comment (``pr-comment``) and the checks of a
-workflow's outputs (``expect``)."""
+"""Commands for GitHub workflows: the sticky PR comment (``pr-comment``), the checks of a
+workflow's outputs (``expect``) and the projects of a monorepo a change touches (``projects``)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,29 @@ def pr_comment(
         report_dir=report_dir, kind=kind, pr=pr, repo=repo, token=token, api_url=api_url,
         run_url=run_url, as_json=as_json,
     )  # fmt: skip
+
+
+@cli.command("projects", epilog=EPILOG)
+@click.argument("root", default=".", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--changed-since",
+    default=None,
+    metavar="REF",
+    help="Only the projects that `git diff REF...HEAD` touches (their folder, or a file their "
+    "policy's watch: list names). Without it, or empty: every project.",
+)
+@_handle
+def projects(*, root: Path, changed_since: str | None) -> int:
+    """Print, as JSON, the MLflow projects under ROOT (folders holding MLproject and
+    mlflow-ci.yaml), or those a change touches, shaped for a GitHub Actions matrix.
+
+    Prints {"matrix": {"include": [{"project": ..., "name": ...}]}, "projects": [...], "count": N,
+    ...}; in GitHub Actions it also sets the step outputs matrix, projects and count. An empty
+    matrix is no error: skip the matrix job with `if: needs.<job>.outputs.count != '0'`.
+    """
+    from mlflow_ci.workflows.projects import projects_command
+
+    return projects_command(root=root, changed_since=changed_since)
 
 
 @cli.command("expect", epilog=EPILOG)
