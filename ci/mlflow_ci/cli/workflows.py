@@ -41,21 +41,61 @@ from mlflow_ci.cli.app import EPILOG, _handle, _parse_params, cli, json_option, 
     help="GitHub REST API root.",
 )
 @click.option("--run-url", default=None, help="Link used when the report is missing (the workflow run).")
+@click.option(
+    "--artifact",
+    default="",
+    help="The report's artifact name; one comment per kind and artifact (the marker holds both).",
+)
+@click.option(
+    "--head-sha",
+    default="",
+    metavar="SHA",
+    help="The commit the report is for (the pull request's head.sha, not the merge commit "
+    "GITHUB_SHA names). A run whose commit is no longer the pull request's head leaves the "
+    "comment alone.",
+)
+@click.option(
+    "--author",
+    default="",
+    metavar="LOGIN",
+    help="Who the token comments as, when GET /user cannot say (a GitHub App's token: "
+    "<app-slug>[bot]). Default: GET /user, or github-actions[bot] for a workflow's GITHUB_TOKEN.",
+)
+@click.option(
+    "--matrix",
+    default="",
+    metavar="JSON",
+    help="The matrix output of `mlflow-ci projects`: one comment summing up every project's "
+    "report, read from <report-dir>/<name>/<kind>.json. Empty: the one report in --report-dir.",
+)
 @json_option
 @_handle
 def pr_comment(
-    *, report_dir: Path, kind: str, pr: int, repo: str, api_url: str, run_url: str | None, as_json: bool
+    *,
+    report_dir: Path,
+    kind: str,
+    pr: int,
+    repo: str,
+    api_url: str,
+    run_url: str | None,
+    artifact: str,
+    head_sha: str,
+    author: str,
+    matrix: str,
+    as_json: bool,
 ) -> int:
     """Post the report as ONE pull-request comment, updated in place on every run.
 
-    The token comes from $GITHUB_TOKEN only (never a flag, so it stays out of process lists).
+    Only comments written by the token's own user are ever edited. The token comes from
+    $GITHUB_TOKEN only (never a flag, so it stays out of process lists).
     """
     from mlflow_ci.workflows.comment import pr_comment as post
 
     token = os.environ.get("GITHUB_TOKEN", "")
     return post(
         report_dir=report_dir, kind=kind, pr=pr, repo=repo, token=token, api_url=api_url,
-        run_url=run_url, as_json=as_json,
+        run_url=run_url, as_json=as_json, artifact=artifact, head_sha=head_sha, author=author,
+        matrix=matrix,
     )  # fmt: skip
 
 
