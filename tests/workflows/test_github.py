@@ -400,6 +400,7 @@ def test_cli_stale_head_is_skipped_with_a_message(github: FakeGitHub, tmp_path: 
     ("args", "code", "why"),
     [
         (["--head-sha", "abc123"], 2, "is not a full commit SHA"),
+        (["--kind", "smoke -->"], 2, "is not a report kind"),
         (["--head-sha", SHA1, "--pr", "99"], 3, "The repository or pull request does not exist"),
         (["--matrix", "[1, 2]"], 2, "is not the `matrix` output of mlflow-ci projects"),
         (["--matrix", '{"include": [{"project": "a", "name": "../x"}]}'], 2, "is not a folder name"),

@@ -48,6 +48,7 @@ TIMEOUT_S = 30
 #: Who a workflow's GITHUB_TOKEN comments as (GET /user tells nothing for it: 403).
 ACTIONS_BOT = "github-actions[bot]"
 _NEXT_LINK = re.compile(r'<([^>]+)>;\s*rel="next"')
+_KIND = re.compile(r"^[A-Za-z0-9_.-]+$")
 _MARKER = re.compile(r"<!-- mlflow-ci:(?P<kind>[A-Za-z0-9_.-]+)(?P<fields>(?: [a-z]+=\S*)*) -->")
 _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 # Quoted in the marker: no space (fields are split on it) and no ">" (it would end the comment).
@@ -129,6 +130,8 @@ def pr_comment(
         )
     if pr <= 0:
         raise ConfigError(f"--pr must be a pull request number, got {pr}.")
+    if not _KIND.match(kind):
+        raise ConfigError(f"--kind {kind!r} is not a report kind (letters, digits, '.', '_', '-').")
     head_sha = head_sha.strip().lower()
     if head_sha and not _SHA.match(head_sha):
         raise ConfigError(
