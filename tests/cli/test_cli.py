@@ -52,11 +52,12 @@ OWN_HELP = {(("server", "up"), "--policy")}
 # `server doctor --url/--tracking-uri` has no $MLFLOW_TRACKING_URI default: without one it checks
 # the plan only.
 OWN_FORM = {(("server", "doctor"), "--tracking-uri")}
-# Commands that never talk to a tracking server: they read files, databases or GitHub, or start
-# their own server (demo, server up).
+# Commands that never talk to a tracking server: they read files, databases, git or GitHub, or
+# start their own server (demo, server up).
 NO_SERVER = {
     ("policy", "check"), ("policy", "show"), ("policy", "schema"), ("server", "up"), ("server", "down"),
     ("server", "config"), ("server", "upgrade"), ("backup",), ("restore",), ("pr-comment",), ("demo",),
+    ("projects",),
 }  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,8 @@ import pytest
 import yaml
 from actkit import ActRun, commit, copy_checkout, log_messages, require_act, run_act
 from conftest import ROOT
-from fake_github import FakeGitHub
+from fake_github import ACTIONS_BOT, FakeGitHub
+from mlflow_ci.workflows.comment import Marker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -34,6 +36,13 @@ ARTIFACT = "mlflow-ci-smoke"
 @dataclass
 class SelfTestRun(ActRun):
     comments: list[str] = field(default_factory=list)  # bodies on the PR, from the fake GitHub API
+    authors: list[str] = field(default_factory=list)  # who wrote each
+    head: str = ""  # the pull request's head commit
+
+    @property
+    def marker(self) -> Marker:
+        """The marker the sticky comment must carry: kind, artifact, the head commit."""
+        return Marker("smoke", ARTIFACT, self.head)
 
     @property
     def report(self) -> Path:
@@ -54,19 +63,23 @@ def run_self_test(tmp_path: Path, *, break_entry_point: bool = False) -> SelfTes
         spec["entry_points"]["main"]["command"] = "python -c 'raise SystemExit(7)'"
         mlproject.write_text(yaml.safe_dump(spec))
         commit(work, "break")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
     event = {
-        "pull_request": {"number": PR, "head": {"ref": "feature", "repo": {"full_name": REPO}},
+        "pull_request": {"number": PR, "head": {"sha": head, "ref": "feature", "repo": {"full_name": REPO}},
                          "base": {"ref": "main", "repo": {"full_name": REPO}}},
         "repository": {"full_name": REPO},
     }  # fmt: skip
     with FakeGitHub(token="act-token") as github:
+        github.add_pull(REPO, PR, head)
         run = run_act(
             work, tmp_path, event_name="pull_request", workflow=".github/workflows/self-test.yml",
             event=event, secrets={"GITHUB_TOKEN": github.token},
             env={"GITHUB_REPOSITORY": REPO, "GITHUB_API_URL": github.url},
         )  # fmt: skip
         comments = github.bodies(REPO, PR)
-    return SelfTestRun(**vars(run), comments=comments)
+        authors = [author for author, _ in github.by(REPO, PR)]
+    return SelfTestRun(**vars(run), comments=comments, authors=authors, head=head)
 
 
 def test_self_test_passes_under_act(tmp_path: Path) -> None:
@@ -96,9 +109,11 @@ def test_self_test_passes_under_act(tmp_path: Path) -> None:
     assert (run.report / "smoke.md").is_file()
     assert (run.report / "smoke.html").is_file()
 
-    # The comment job posted exactly one sticky comment with that report.
+    # The comment job posted exactly one sticky comment with that report, as the workflow's bot,
+    # marked with the report kind, the artifact and the pull request's head commit.
     assert len(run.comments) == 1, run.comments
-    assert run.comments[0].startswith("<!-- mlflow-ci:smoke -->")
+    assert Marker.parse(run.comments[0]) == run.marker
+    assert run.authors == [ACTIONS_BOT]
     assert run_id in run.comments[0]
     assert "PASS" in run.comments[0]
 
@@ -116,6 +131,6 @@ def test_self_test_fails_closed_under_act(tmp_path: Path) -> None:
     # The comment job runs after a failed smoke (always()) and replaces nothing with a pass.
     assert run.results.get("comment") == "success", run.explain()
     assert len(run.comments) == 1, run.comments
-    assert run.comments[0].startswith("<!-- mlflow-ci:smoke -->")
+    assert Marker.parse(run.comments[0]) == run.marker
     assert "FAIL" in run.comments[0]
     assert "PASS" not in run.comments[0]

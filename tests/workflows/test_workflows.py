@@ -338,9 +338,11 @@ def test_pr_checks_inputs_and_outputs() -> None:
         "mlflow-ci-version": "",
         "comment": True,
         "artifact-name": "mlflow-ci-smoke",
+        "projects": "",
     }
     assert call["outputs"]["run_id"]["value"] == "${{ jobs.smoke.outputs.run_id }}"
     assert call["outputs"]["verdict"]["value"] == "${{ jobs.smoke.outputs.verdict }}"
+    assert call["outputs"]["projects"]["value"] == "${{ jobs.projects.outputs.projects }}"
     smoke = wf["jobs"]["smoke"]
     assert smoke["outputs"] == {"run_id": "${{ steps.smoke.outputs.run_id }}",
                                 "verdict": "${{ steps.smoke.outputs.verdict }}"}  # fmt: skip
@@ -366,14 +368,59 @@ def test_pr_checks_steps() -> None:
     assert "inputs.mlflow-ci-version" in install["env"]["MLFLOW_CI_SPEC"]
     assert "job.workflow_sha" in install["env"]["MLFLOW_CI_SPEC"], "default: the workflow's own commit"
 
+    assert jobs["smoke"]["if"] == "inputs.projects == ''", "the single project unless projects is set"
+
     comment = jobs["comment"]
-    assert comment["needs"] == "smoke"
+    assert comment["needs"] == ["smoke", "projects", "smoke-projects"]
     for part in ("always()", "inputs.comment", "github.event_name == 'pull_request'",
                  "github.event.pull_request.head.repo.full_name == github.repository"):  # fmt: skip
         assert part in comment["if"]
     (post,) = [s for s in comment["steps"] if "run" in s and s["run"].startswith("mlflow-ci pr-comment")]
     assert post["env"]["GITHUB_TOKEN"] == "${{ github.token }}"
     assert post["env"]["PR"] == "${{ github.event.pull_request.number }}"
+    # The commit the report is for is the pull request's head, not GITHUB_SHA (the merge commit);
+    # the marker names the artifact, so two calls keep two comments.
+    assert post["env"]["HEAD_SHA"] == "${{ github.event.pull_request.head.sha }}"
+    assert post["env"]["ARTIFACT"] == "${{ inputs.artifact-name }}"
+    assert post["env"]["MATRIX"] == "${{ inputs.projects != '' && needs.projects.outputs.matrix || '' }}"
+    for flag in ('--head-sha "$HEAD_SHA"', '--artifact "$ARTIFACT"', '--matrix "$MATRIX"'):
+        assert flag in post["run"]
+
+
+def test_pr_checks_monorepo_mode() -> None:
+    """`projects:` fans out: a job finds the touched projects, a matrix smokes each (skipped when
+    there are none: GitHub refuses an empty matrix), and the one comment job sums them up."""
+    jobs = load_workflow(WORKFLOWS / "pr-checks.yml")["jobs"]
+    find = jobs["projects"]
+    assert find["if"] == "inputs.projects != ''"
+    assert find["permissions"] == {"contents": "read"}
+    checkout = next(s for s in find["steps"] if str(s.get("uses", "")).startswith("actions/checkout@"))
+    assert checkout["with"]["fetch-depth"] == 0, "the merge base needs the history"
+    (step,) = [s for s in find["steps"] if str(s.get("run", "")).startswith("mlflow-ci projects ")]
+    assert step["run"] == 'mlflow-ci projects "$ROOT" --changed-since "$BASE"'
+    assert step["env"]["ROOT"] == "${{ inputs.project-path }}"
+    assert "github.event.pull_request.base.sha" in step["env"]["BASE"]
+    assert find["outputs"] == {name: f"${{{{ steps.{step['id']}.outputs.{name} }}}}"
+                               for name in ("matrix", "projects", "count")}  # fmt: skip
+
+    fan = jobs["smoke-projects"]
+    assert fan["needs"] == "projects"
+    assert fan["if"] == "needs.projects.outputs.count != '0'"
+    assert fan["strategy"] == {"fail-fast": False, "matrix": "${{ fromJSON(needs.projects.outputs.matrix) }}"}
+    assert fan["permissions"] == {"contents": "read"}
+    steps = {s.get("id") or s.get("name") or s["uses"].split("@")[0]: s for s in fan["steps"]}
+    assert steps["smoke"]["run"].startswith('mlflow-ci smoke "$PROJECT"')
+    assert steps["smoke"]["env"]["PROJECT"] == "${{ matrix.project }}"
+    assert steps["smoke"]["env"]["REPORT_DIR"].endswith("/mlflow-ci-report/${{ matrix.name }}")
+    upload = steps["Upload the report"]
+    assert upload["if"] == "always()"
+    assert upload["with"]["name"] == "${{ inputs.artifact-name }}-${{ matrix.name }}"
+
+    comment = jobs["comment"]
+    assert "needs.projects.result == 'success'" in comment["if"]
+    download = next(s for s in comment["steps"] if s.get("name") == "Download the projects' reports")
+    assert download["with"]["pattern"] == "${{ inputs.artifact-name }}-*"
+    assert download["with"]["merge-multiple"] is True
 
 
 def test_self_test_calls_pr_checks_and_checks_its_outputs() -> None:
