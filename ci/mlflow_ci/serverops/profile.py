@@ -130,8 +130,9 @@ def server_args(server: Server, *, port: int | str | None = None) -> list[str]:
     return args
 
 
-def up_kwargs(server: Server) -> dict[str, Any]:
-    """Keyword arguments for :func:`mlflow_ci.mlflowio.tracking.up` that start the profile's server.
+def up_kwargs(server: Server, *, port: int | None = None) -> dict[str, Any]:
+    """Keyword arguments for :func:`mlflow_ci.mlflowio.tracking.up` that start the profile's server
+    (``port``: one replica's, ``server.port`` by default).
 
     The backend, artifact root, host, port and workers map onto TrackingServer's own flags; the
     rest (allowed hosts, the auth app, artifact proxying off) are extra arguments.  The health
@@ -146,7 +147,7 @@ def up_kwargs(server: Server) -> dict[str, Any]:
         "backend_store_uri": server.backend_store_uri,
         "artifacts_destination": server.artifacts_destination,
         "host": server.host,
-        "port": server.port,
+        "port": server.port if port is None else port,
         "workers": server.workers,
         "extra_args": extra,
         "env": server_env(server),
