@@ -22,6 +22,8 @@ class _Handler(BaseHTTPRequestHandler):
     seen: list[dict[str, str]] = []  # noqa: RUF012 - the test's record of request headers
     lines: list[str] = []  # noqa: RUF012 - the request lines as received
     release = threading.Event()
+    failures = 0  # how many requests to /flaky and /reset fail before one is answered
+    hits: dict[str, int] = {}  # noqa: RUF012 - requests per "METHOD path"
 
     def setup(self) -> None:
         type(self).connections += 1
@@ -42,8 +44,44 @@ class _Handler(BaseHTTPRequestHandler):
         type(self).seen.append({k.lower(): v for k, v in self.headers.items()})
         type(self).lines.append(self.requestline)
 
+    def _failing(self) -> bool:
+        """/flaky: 503 while failures remain; /reset: the connection closed without an answer;
+        /halfblob: an answer whose body breaks off after 1.5 MiB of the 3 MiB announced."""
+        key = f"{self.command} {urlsplit(self.path).path}"
+        type(self).hits[key] = type(self).hits.get(key, 0) + 1
+        path = urlsplit(self.path).path
+        if path == "/halfblob":
+            self.send_response(200)
+            self.send_header("Content-Length", str(3 << 20))
+            self.end_headers()
+            self.wfile.write(b"x" * (3 << 19))
+            self.close_connection = True
+            return True
+        if path not in ("/flaky", "/reset"):
+            return False
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        if type(self).failures <= 0:
+            self._send(200, b"fine")
+            return True
+        type(self).failures -= 1
+        if path == "/flaky":
+            self._send(503, b"busy")
+        else:
+            self.close_connection = True  # as a replica killed while it served the request
+        return True
+
+    def do_PUT(self) -> None:
+        if not self._failing():
+            self._send(404, b"")
+
+    def do_DELETE(self) -> None:
+        self.do_PUT()
+
     def do_GET(self) -> None:
         self._record()
+        if self._failing():
+            return
         url = urlsplit(self.path)
         if url.path.endswith("/echo"):
             self._send(200, json.dumps({"path": url.path, "query": parse_qs(url.query)}).encode(),
@@ -67,6 +105,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._record()
+        if self._failing():
+            return
         if self.path == "/moved":
             self._send(302, b"", {"Location": "/api/echo"})
             return
@@ -80,6 +120,8 @@ def server() -> Iterator[str]:
     _Handler.seen = []
     _Handler.lines = []
     _Handler.release = threading.Event()
+    _Handler.failures = 0
+    _Handler.hits = {}
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -233,3 +275,71 @@ def test_a_plain_http_proxy_from_the_environment(server: str, monkeypatch: pytes
         http.request("GET", target, timeout=2)  # straight there
     monkeypatch.delenv("no_proxy")
     assert http.Client(target, timeout=5, env_proxies=False)._proxy is None
+
+
+FAST = http.Retry(attempts=3, backoff=0.01, max_backoff=0.02)
+
+
+@pytest.mark.parametrize("path", ["/flaky", "/reset"])
+def test_a_get_is_retried_on_a_502_503_504_or_a_broken_connection(server: str, path: str) -> None:
+    _Handler.failures = 2
+    answer = http.request("GET", f"{server}{path}", timeout=5, retry=FAST)
+    assert (answer.status, answer.body, answer.attempts) == (200, b"fine", 3)
+    assert _Handler.hits == {f"GET {path}": 3}
+
+
+def test_the_last_answer_comes_back_when_the_tries_are_spent(server: str) -> None:
+    _Handler.failures = 5
+    client = http.Client(server, timeout=5, retry=FAST)
+    answer = client.request("GET", "/flaky")
+    assert (answer.status, answer.attempts) == (503, 3)
+    _Handler.failures = 5
+    with pytest.raises(http.HttpError) as caught:
+        http.Client(server, timeout=5, retry=FAST, keep_alive=False).request("GET", "/reset")
+    assert caught.value.error == "RemoteDisconnected"
+    assert _Handler.hits == {"GET /flaky": 3, "GET /reset": 3}
+
+
+def test_post_and_patch_are_never_retried(server: str) -> None:
+    _Handler.failures = 1
+    answer = http.request("POST", f"{server}/flaky", json={"a": 1}, timeout=5, retry=FAST)
+    assert (answer.status, answer.attempts) == (503, 1)
+    _Handler.failures = 1
+    with pytest.raises(http.HttpError):
+        http.request("POST", f"{server}/reset", json={"a": 1}, timeout=5, retry=FAST)
+    assert _Handler.hits == {"POST /flaky": 1, "POST /reset": 1}
+    for method in ("POST", "PATCH"):
+        with pytest.raises(ValueError, match="never retried"):
+            http.request(method, f"{server}/flaky", timeout=5, idempotent=True)
+
+
+def test_put_and_delete_are_retried_when_the_caller_says_they_are_idempotent(server: str) -> None:
+    client = http.Client(server, timeout=5, retry=FAST)
+    for method in ("PUT", "DELETE"):
+        _Handler.failures = 1
+        assert client.request(method, "/flaky", data=b"same").status == 503
+        _Handler.failures = 1
+        answer = client.request(method, "/flaky", data=b"same", idempotent=True)
+        assert (answer.status, answer.attempts) == (200, 2)
+    assert _Handler.hits == {"PUT /flaky": 3, "DELETE /flaky": 3}
+
+
+def test_no_retry_when_asked_for_none_or_after_a_sink_took_part_of_the_body(server: str) -> None:
+    _Handler.failures = 1
+    assert http.request("GET", f"{server}/flaky", timeout=5, retry=None).status == 503
+    got: list[bytes] = []
+    with pytest.raises(http.HttpError) as caught:
+        http.Client(server, timeout=5, retry=FAST).request("GET", "/halfblob", sink=got.append)
+    assert caught.value.error == "IncompleteRead"  # not taken for the whole body
+    assert got  # a block went to the sink before the connection broke: repeating would append twice
+    assert _Handler.hits == {"GET /flaky": 1, "GET /halfblob": 1}
+
+
+def test_a_refused_connection_or_a_timeout_is_not_retried(server: str) -> None:
+    with pytest.raises(http.HttpError) as caught:
+        http.request("GET", f"{server}/slow", timeout=0.2, retry=FAST)
+    assert caught.value.error == "TimeoutError"
+    assert _Handler.lines.count("GET /slow HTTP/1.1") == 1
+    assert http.Retry().attempts == 3
+    assert 0.1 <= http.Retry().wait(1) <= 0.2
+    assert 0.5 <= http.Retry().wait(5) <= 1.0

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 import tomllib
+import yaml
 from conftest import require
 from helpers import apr1_hash, htpasswd_line
 from mlflow_ci.config import Server
@@ -48,6 +49,87 @@ def test_generated_files_carry_the_profile() -> None:
     assert "CHANGE-ME" in files["mlflow.env.example"]
 
 
+def _directives(conf: str) -> list[str]:
+    """The configuration's lines without comments, stripped."""
+    return [line.split("#", 1)[0].strip() for line in conf.splitlines() if line.split("#", 1)[0].strip()]
+
+
+def test_replicas_run_n_servers_behind_one_upstream_with_passive_checks_and_idempotent_retries() -> None:
+    server = Server(public_url="https://mlflow.corp.example", workers=2, replicas=3, port=5100,
+                    backend_store_uri="postgresql+psycopg2://mlflow@db/mlflow", artifacts_destination="s3://bucket/a")  # fmt: skip
+    files = render_all(server)
+    assert "mlflow.service" not in files
+    nginx_conf = _directives(files["nginx.conf"])
+    assert [line for line in nginx_conf if line.startswith("server 127.")] == [
+        f"server 127.0.0.1:{port} max_fails=1 fail_timeout=10s;" for port in (5100, 5101, 5102)
+    ]
+    assert "proxy_next_upstream error timeout http_502 http_503 http_504;" in nginx_conf
+    assert "proxy_next_upstream_tries 3;" in nginx_conf
+    # POST and PATCH are passed on only when the replica never got them: non_idempotent stays off.
+    assert not [line for line in nginx_conf if "non_idempotent" in line]
+    compose_nginx = _directives(files["nginx-compose.conf"])
+    assert [line for line in compose_nginx if line.startswith("server mlflow")] == [
+        f"server mlflow-{i}:5000 max_fails=1 fail_timeout=10s;" for i in (1, 2, 3)
+    ]
+
+    # systemd: one templated unit, an instance per port, a target that wants them all.
+    unit = files["mlflow@.service"]
+    assert "    --port %i \\\n" in unit
+    assert "--workers 2" in unit
+    assert "127.0.0.1:5100,localhost:5101,127.0.0.1:5101,localhost:5102,127.0.0.1:5102" in unit
+    assert "Environment=MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in unit
+    assert "PartOf=mlflow.target" in unit
+    assert unit.endswith("[Install]\nWantedBy=mlflow.target\n")
+    assert "Wants=mlflow@5100.service mlflow@5101.service mlflow@5102.service\n" in files["mlflow.target"]
+
+    # compose: three services of one definition, the job runner off on each, nginx after all three.
+    compose = yaml.safe_load(files["compose.yaml"])
+    replicas = [f"mlflow-{i}" for i in (1, 2, 3)]
+    assert [name for name in compose["services"] if name.startswith("mlflow")] == replicas
+    for name in replicas:
+        service = compose["services"][name]
+        assert service["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+        assert "--workers 2" in service["command"]
+        assert f"{name}:5000" in service["command"]
+    assert compose["services"]["nginx"]["depends_on"] == replicas
+    assert "docker compose run --rm mlflow-1 mlflow db upgrade" in files["compose.yaml"]
+
+
+def test_one_replica_renders_as_before() -> None:
+    files = render_all(Server(backend_store_uri="postgresql+psycopg2://mlflow@db/mlflow"))
+    assert set(files) >= {"mlflow.service", "nginx.conf", "compose.yaml"}
+    assert "mlflow.target" not in files
+    assert "server 127.0.0.1:5000;" in _directives(files["nginx.conf"])
+    assert "proxy_next_upstream" not in files["nginx.conf"]
+    assert "max_fails" not in files["nginx.conf"]
+    assert list(yaml.safe_load(files["compose.yaml"])["services"]) == ["postgres", "s3", "mlflow", "nginx"]
+
+
+def test_replicas_on_sqlite_are_refused_and_on_a_local_folder_allowed(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    policy = tmp_path / "mlflow-ci.yaml"
+    policy.write_text(
+        "project: p\nserver:\n  backend_store_uri: sqlite:////var/lib/mlflow/mlflow.db\n  replicas: 2\n"
+    )
+    refused = run_cli("server", "config", "--policy", str(policy), "--out", str(tmp_path / "out"))
+    assert refused.returncode == 2, refused.stderr
+    assert "key 'server.replicas' has value 2" in refused.stderr
+    assert "several mlflow server processes writing one SQLite file is not safe" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "out").exists()
+    # A local artifact folder is shared by every replica on this host (the generated files run them all here).
+    policy.write_text("project: p\nserver:\n  backend_store_uri: postgresql+psycopg2://m@db/m\n"
+                      "  artifacts_destination: /srv/mlflow/artifacts\n  replicas: 2\n")  # fmt: skip
+    written = run_cli("server", "config", "--policy", str(policy), "--out", str(tmp_path / "out"))
+    assert written.returncode == 0, written.stderr
+    assert "ReadWritePaths=/srv/mlflow/artifacts\n" in (tmp_path / "out" / "mlflow@.service").read_text()
+    with pytest.raises(ValueError, match="at most 2 with port 65534"):
+        Server(backend_store_uri="postgresql+psycopg2://m@db/m", port=65534, replicas=3)
+    with pytest.raises(ValueError, match="less than or equal to 16"):
+        Server(backend_store_uri="postgresql+psycopg2://m@db/m", replicas=17)
+
+
 def _nginx_binary() -> str:
     binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     require(binary is not None, "nginx is not installed")
@@ -61,18 +143,25 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return self_signed(tmp_path_factory.mktemp("tls"), "mlflow.test")
 
 
+@pytest.mark.parametrize("replicas", [1, 3])
 @pytest.mark.parametrize("proxy_auth", ["nginx-basic", "mlflow", "none"])
 @pytest.mark.parametrize(
     ("tls", "listen"), [(True, None), (True, "127.0.0.1:8443 ssl"), (False, None), (False, "8080")]
 )
 def test_the_nginx_template_renders_every_option_and_nginx_accepts_it(
-    tmp_path: Path, certificate: tuple[str, str], proxy_auth: str, tls: bool, listen: str | None
+    tmp_path: Path,
+    certificate: tuple[str, str],
+    proxy_auth: str,
+    tls: bool,
+    listen: str | None,
+    replicas: int,
 ) -> None:
     # The template (package data) for each of its options, checked by `nginx -t`; the live test
-    # below runs one of them for real.
+    # below runs one of them for real (and test_replicas.py the replicas).
     binary = _nginx_binary()
     profile = Server(public_url="https://mlflow.test:8443", allowed_hosts=["alias.test"], proxy_auth=proxy_auth,
-                     max_body_size_mb=123, proxy_timeout_s=45)  # fmt: skip
+                     max_body_size_mb=123, proxy_timeout_s=45, replicas=replicas,
+                     backend_store_uri="postgresql+psycopg2://mlflow@db/mlflow")  # fmt: skip
     prefix = tmp_path / "nginx"
     prefix.mkdir()
     conf = render_nginx(profile, tls=tls, listen=listen, htpasswd_path=str(prefix / "htpasswd"), standalone_prefix=prefix,
@@ -93,6 +182,8 @@ def test_the_nginx_template_renders_every_option_and_nginx_accepts_it(
     assert (f"ssl_certificate_key {certificate[1]};" in site) == tls
     assert "client_max_body_size 123m;" in site
     assert "proxy_read_timeout 45s;" in site
+    assert ("proxy_next_upstream_tries 3;" in site) == (replicas == 3)
+    assert site.count("    server 127.0.0.1:") == replicas
     assert "--allowed-hosts (mlflow.test, mlflow.test:8443, ...)" in site
     auth = {
         "nginx-basic": f"        auth_basic_user_file {prefix / 'htpasswd'};\n",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mlflow_ci.config.base import Section
 
@@ -32,7 +32,14 @@ class Server(Section):
     allowed_hosts: list[str] = Field(default_factory=list, description="Extra Host header values to accept.")
     host: str = Field("127.0.0.1", description="Interface mlflow server binds to (the proxy talks to it).")
     port: int = Field(5000, ge=1, le=65535)
-    workers: int = Field(1, ge=1, le=64, description="Uvicorn/gunicorn workers.")
+    workers: int = Field(1, ge=1, le=64, description="Uvicorn/gunicorn workers (per replica).")
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Stateless `mlflow server` processes on the same database and artifact store behind nginx; "
+        "replica i listens on port + i. More than 1 needs a server database (PostgreSQL or MySQL), not SQLite.",
+    )
     app_name: Literal["basic-auth"] | None = Field(None, description="MLflow app plugin, e.g. basic-auth.")
     auth_db_uri: str | None = Field(
         None, description="The basic-auth users database (backed up with the rest when set)."
@@ -51,6 +58,20 @@ class Server(Section):
         900, ge=1, description="nginx read/send timeout for long uploads and downloads."
     )
     health_timeout_s: float = Field(60, gt=0, description="Seconds to wait for /health after start.")
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas_need_a_server_database(cls, value: int, info: ValidationInfo) -> int:
+        backend = str(info.data.get("backend_store_uri", ""))
+        if value > 1 and backend.startswith("sqlite:"):
+            raise ValueError(
+                "1 with a SQLite backend store (several mlflow server processes writing one SQLite file is not "
+                "safe; use PostgreSQL or MySQL for replicas)"
+            )
+        port = info.data.get("port")
+        if isinstance(port, int) and port + value - 1 > 65535:
+            raise ValueError(f"at most {65536 - port} with port {port} (replica i listens on port + i)")
+        return value
 
 
 class Backup(Section):

@@ -12,6 +12,15 @@ connection, or one broken while the answer is read) raises :class:`HttpError`, w
 caller turns into its own message. Proxies set in the environment (``https_proxy``,
 ``no_proxy``, ...) are used as ``urllib`` uses them, unless a client is made with
 ``env_proxies=False``.
+
+Requests that can be repeated are retried (:class:`Retry`, :data:`DEFAULT_RETRY`: 3 tries, 0.2 s
+then 0.4 s apart, less than a second in all): GET, HEAD and OPTIONS always, PUT and DELETE when
+the caller says they are idempotent (``idempotent=True``), POST and PATCH never. They are
+retried on what a replica that dies or restarts behind a proxy causes: a connection reset or
+closed before the whole answer arrived, and 502, 503 and 504 (the last answer is returned when
+the tries are spent). Not on a refused connection (nothing listens: the callers that wait for
+a server poll on their own) nor on a timeout (the caller's whole timeout is already spent), and
+not once part of a body has been handed to a ``sink``.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import http.client
 import json as jsonlib
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +44,37 @@ MAX_REDIRECTS = 10  # as urllib
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _SECRET_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 _BODY_HEADERS = frozenset({"content-length", "content-type"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # retried whoever asks
+IDEMPOTENT_METHODS = frozenset({"PUT", "DELETE"})  # retried when the caller says its request is idempotent
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How a request that can be repeated is retried: ``attempts`` tries in all (the first
+    included), waiting ``backoff`` seconds before the second, twice as long before each next (at
+    most ``max_backoff``; each wait drawn between half and all of that, so that clients that failed
+    together do not come back together), on connection resets and the ``statuses``."""
+
+    attempts: int = 3
+    backoff: float = 0.2
+    max_backoff: float = 1.0
+    statuses: frozenset[int] = frozenset({502, 503, 504})
+
+    def wait(self, attempt: int) -> float:
+        """Seconds to wait after the ``attempt``-th try (1-based) failed."""
+        ceiling = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+        return ceiling * (0.5 + random.random() / 2)  # jitter, not a secret
+
+
+DEFAULT_RETRY = Retry()
+
+
+def _retryable_failure(exc: BaseException) -> bool:
+    """A connection that broke (reset, closed before or while the answer came); not one that was
+    refused (nothing listens) nor one that timed out."""
+    if isinstance(exc, ConnectionRefusedError | TimeoutError):
+        return False
+    return isinstance(exc, ConnectionError | http.client.HTTPException)
 
 
 class HttpError(Exception):
@@ -54,7 +95,8 @@ class Response:
     reason: str
     headers: http.client.HTTPMessage  # case-insensitive: headers.get("link")
     body: bytes  # empty when a sink took it
-    seconds: float  # from sending the request to the end of the body
+    seconds: float  # from sending the request (its first try) to the end of the body
+    attempts: int = 1  # tries it took (see Retry)
 
     @property
     def ok(self) -> bool:
@@ -103,7 +145,8 @@ def _origin(url: str) -> tuple[str, str]:
 class Client:
     """Requests to the server at ``base_url`` (scheme, host, port and a path prefix for relative
     targets), ``headers`` sent with each. ``keep_alive``: one connection per thread, kept between
-    requests; otherwise a connection per request, closed after it."""
+    requests; otherwise a connection per request, closed after it. ``retry``: how requests that
+    can be repeated are retried (``None``: never)."""
 
     def __init__(
         self,
@@ -113,6 +156,7 @@ class Client:
         headers: Mapping[str, str] | None = None,
         keep_alive: bool = True,
         env_proxies: bool = True,
+        retry: Retry | None = DEFAULT_RETRY,
     ) -> None:
         parts = urlsplit(base_url)
         try:
@@ -130,6 +174,7 @@ class Client:
         if not keep_alive:
             self._headers.setdefault("Connection", "close")
         self._keep_alive = keep_alive
+        self.retry = retry
         self._proxy = _env_proxy(parts.scheme, parts.netloc) if env_proxies else None
         self._local = threading.local()
 
@@ -195,14 +240,63 @@ class Client:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         sink: Callable[[bytes], Any] | None = None,
+        idempotent: bool = False,
     ) -> Response:
         """``method`` on ``target`` with the query ``params`` (a mapping or pairs; lists repeat the
         key) and ``json`` (sent as JSON) or ``data`` as the body.
 
         ``sink``: the body of a 200 answer is handed to it a block at a time instead of kept (a
         download); any other answer's body is kept. A kept-alive connection that fails before an
-        answer arrives (the server closed it meanwhile) is opened again once.
+        answer arrives (the server closed it meanwhile) is opened again once. GET, HEAD and
+        OPTIONS, and PUT and DELETE with ``idempotent=True``, are retried as :attr:`retry` says
+        (see the module's documentation); ``idempotent=True`` on POST or PATCH is a ``ValueError``.
         """
+        method = method.upper()
+        if idempotent and method not in IDEMPOTENT_METHODS | SAFE_METHODS:
+            raise ValueError(f"{method} is never retried: only GET, HEAD, OPTIONS, PUT and DELETE can be")
+        retry = self.retry if (method in SAFE_METHODS or idempotent) else None
+        sunk = False  # part of a body went to the sink: the request cannot be repeated
+
+        def counted(block: bytes) -> None:
+            nonlocal sunk
+            sunk = True
+            assert sink is not None
+            sink(block)
+
+        start = time.perf_counter()
+        attempt = 1
+        while True:
+            try:
+                response = self._send(method, target, params=params, json=json, data=data, headers=headers,
+                                      timeout=timeout, sink=counted if sink is not None else None)  # fmt: skip
+            except HttpError as exc:
+                if (
+                    retry is None
+                    or attempt >= retry.attempts
+                    or sunk
+                    or not _retryable_failure(exc.__cause__ or exc)
+                ):
+                    raise
+            else:
+                if retry is None or attempt >= retry.attempts or response.status not in retry.statuses:
+                    return Response(response.url, response.status, response.reason, response.headers,
+                                    response.body, time.perf_counter() - start, attempt)  # fmt: skip
+            time.sleep(retry.wait(attempt))
+            attempt += 1
+
+    def _send(
+        self,
+        method: str,
+        target: str,
+        *,
+        params: Any,
+        json: Any,
+        data: bytes | None,
+        headers: Mapping[str, str] | None,
+        timeout: float | None,
+        sink: Callable[[bytes], Any] | None,
+    ) -> Response:
+        """One try of :meth:`request`."""
         path = self._path(target, params)
         url = f"{self._scheme}://{self._netloc}{path}"
         sent = {**self._headers, **(headers or {})}
@@ -231,6 +325,8 @@ class Client:
             if sink is not None and answer.status == 200:
                 while block := answer.read(BLOCK):
                     sink(block)
+                if answer.length:  # the connection ended before the Content-Length did
+                    raise http.client.IncompleteRead(b"", answer.length)
                 body = b""
             else:
                 body = answer.read()
@@ -255,8 +351,11 @@ def request(
     data: bytes | None = None,
     headers: Mapping[str, str] | None = None,
     redirects: int = MAX_REDIRECTS,
+    retry: Retry | None = DEFAULT_RETRY,
+    idempotent: bool = False,
 ) -> Response:
-    """One request to ``url`` on a connection of its own (see :meth:`Client.request`).
+    """One request to ``url`` on a connection of its own (see :meth:`Client.request`, also for
+    ``retry`` and ``idempotent``).
 
     A GET or HEAD answered with a redirect is sent again where it points, at most ``redirects``
     times (then the redirect is the answer), without the ``Authorization`` and ``Cookie`` headers
@@ -265,8 +364,8 @@ def request(
     sent = dict(headers or {})
     hops = 0
     while True:
-        response = Client(url, timeout=timeout, keep_alive=False).request(
-            method, url, params=params, json=json, data=data, headers=sent
+        response = Client(url, timeout=timeout, keep_alive=False, retry=retry).request(
+            method, url, params=params, json=json, data=data, headers=sent, idempotent=idempotent
         )
         location = response.headers.get("Location")
         if response.status not in _REDIRECTS or method not in ("GET", "HEAD") or not location:

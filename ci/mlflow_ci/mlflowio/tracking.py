@@ -37,6 +37,11 @@ _DB_RETRY_SIGNATURE = "SQLAlchemy engine could not be created"
 DB_ATTEMPTS_BEFORE_GIVING_UP = 6
 
 # The MLflow client retries for minutes by default; a CI tool should say "unreachable" sooner.
+# It retries every REST call and artifact transfer, whatever the method (POST included), on
+# connection errors and 408, 429, 500, 502, 503, 504: 4 retries about 0, 2, 4 and 8 s apart (plus up
+# to 1 s of jitter), long enough for a replica behind nginx to die and its peers to take over,
+# short enough to report a server that is down within half a minute. A retried POST whose first
+# try was written before the answer got lost is written twice: see docs/server-ops.md "Replicas".
 CLIENT_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -53,7 +58,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def check_health(url: str, timeout: float = 3.0) -> bool:
+def check_health(url: str, timeout: float = 3.0, *, retry: bool = True) -> bool:
+    """``/health`` answers 200. A reset connection or a 502/503/504 (a replica behind a proxy that
+    dies meanwhile) is tried again, briefly (:data:`mlflow_ci.core.http.DEFAULT_RETRY`) unless
+    ``retry`` is false: a poll that waits for a server to start retries on its own schedule."""
     # Imported here: a restore imports this module before it starts its read-back server, and the
     # HTTP client (http.client, with email and ssl) would be half of this module's import.
     from mlflow_ci.core import http
@@ -61,7 +69,10 @@ def check_health(url: str, timeout: float = 3.0) -> bool:
     if not url.startswith(("http://", "https://")):
         return False
     try:
-        return http.request("GET", f"{url.rstrip('/')}/health", timeout=timeout).status == 200
+        answer = http.request(
+            "GET", f"{url.rstrip('/')}/health", timeout=timeout, retry=http.DEFAULT_RETRY if retry else None
+        )
+        return answer.status == 200
     except http.HttpError:
         return False
 
@@ -241,7 +252,7 @@ class TrackingServer:
                 next_log_check = time.monotonic() + 0.5
                 self._fail_if_database_unreachable()
 
-        healthy = poll(lambda: check_health(self.url, timeout=1.0), timeout=self.startup_timeout,
+        healthy = poll(lambda: check_health(self.url, timeout=1.0, retry=False), timeout=self.startup_timeout,
                        interval=0.05, give_up=exited_or_stuck, pause=self._pause)  # fmt: skip
         if not healthy.ready:
             raise InfraError(

@@ -4,11 +4,16 @@
   nginx (htpasswd) *or* the ``Authorization`` header passed through to MLflow's basic-auth app,
   ``client_max_body_size`` and timeouts sized for large models, request streaming (no 4 GB temp
   files), the Host header forwarded so MLflow's ``--allowed-hosts`` check passes, and an
-  unauthenticated ``/health`` for load balancers.
+  unauthenticated ``/health`` for load balancers.  With ``replicas: N`` (N > 1) the upstream
+  holds N servers with passive health checks, and a request a dying replica did not answer goes
+  to the next one, POST and PATCH only when the replica never received them.
 * ``mlflow.service``: a hardened systemd unit (own user, read-only system, private /tmp, no new
   privileges, only the state folders writable).  ``mlflow db upgrade`` is *not* in it: schema
-  upgrades are an explicit, backed-up step (``mlflow-ci server upgrade``).
-* ``compose.yaml``: MLflow + PostgreSQL + SeaweedFS (S3) + nginx, for a single host.
+  upgrades are an explicit, backed-up step (``mlflow-ci server upgrade``).  With replicas, a
+  templated ``mlflow@.service`` (the instance name is the port) and ``mlflow.target``, which
+  wants one instance per replica.
+* ``compose.yaml``: MLflow (one service per replica) + PostgreSQL + SeaweedFS (S3) + nginx, for a
+  single host.
 * ``mlflow.env.example``: the environment the unit and compose file read; secrets stay out of
   the generated files.
 
@@ -21,6 +26,8 @@ from __future__ import annotations
 
 import functools
 import shlex
+import textwrap
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +36,7 @@ from urllib.parse import urlparse
 from mlflow_ci.config import Server
 from mlflow_ci.core import output
 from mlflow_ci.core.fsutil import atomic_write_text
-from mlflow_ci.serverops.profile import allowed_hosts, server_args
+from mlflow_ci.serverops.profile import allowed_hosts, replica_ports, server_args
 
 if TYPE_CHECKING:
     import jinja2
@@ -43,20 +50,29 @@ def _public_host(server: Server) -> str:
     return "mlflow.example.com"
 
 
+# Passive health checks of replicas: after MAX_FAILS failed requests (as proxy_next_upstream
+# counts them) within FAIL_TIMEOUT_S a replica gets no requests for FAIL_TIMEOUT_S, then one.
+MAX_FAILS = 1
+FAIL_TIMEOUT_S = 10
+# Tries of one request across replicas (the first included), at most.
+NEXT_UPSTREAM_TRIES = 3
+
+
 def render_nginx(
     server: Server,
     *,
     tls: bool = True,
     listen: str | None = None,
     htpasswd_path: str = "/etc/nginx/mlflow.htpasswd",
-    upstream: str | None = None,
+    upstreams: Sequence[str] | None = None,
     standalone_prefix: Path | None = None,
     user: str | None = None,
     certificate: tuple[str, str] | None = None,
 ) -> str:
     """The nginx configuration for a profile (``templates/nginx-site.conf.j2``).
 
-    By default a site file for ``/etc/nginx/conf.d/``.  ``standalone_prefix`` renders a complete
+    By default a site file for ``/etc/nginx/conf.d/``.  ``upstreams``: the replicas' ``host:port``
+    (by default ``server.host`` on each of :func:`replica_ports`).  ``standalone_prefix`` renders a complete
     ``nginx.conf`` (``templates/nginx-standalone.conf.j2``) whose pid, logs and temp folders live
     under that prefix (used by tests and the restore drill to run a real nginx without touching
     the system's).
@@ -71,7 +87,10 @@ def render_nginx(
         site_file=standalone_prefix is None,
         redirect=tls and listen is None,  # HTTP → HTTPS, on the default ports only
         host=_public_host(server),
-        upstream=upstream or f"{server.host}:{server.port}",
+        upstreams=list(upstreams or [f"{server.host}:{port}" for port in replica_ports(server)]),
+        max_fails=MAX_FAILS,
+        fail_timeout_s=FAIL_TIMEOUT_S,
+        tries=min(NEXT_UPSTREAM_TRIES, len(upstreams or replica_ports(server))),
         listen=listen or ("443 ssl" if tls else "80"),
         tls=tls,
         certificate=cert,
@@ -112,7 +131,15 @@ def _template(name: str) -> jinja2.Template:
     return env.from_string(text)
 
 
+def systemd_unit_name(server: Server) -> str:
+    """``mlflow.service`` for one server; the template ``mlflow@.service`` (instance = port) for replicas."""
+    return "mlflow.service" if server.replicas == 1 else "mlflow@.service"
+
+
 def render_systemd(server: Server, *, mlflow_bin: str = "/opt/mlflow/venv/bin/mlflow") -> str:
+    """The hardened unit: ``mlflow.service``, or with replicas the template ``mlflow@.service`` whose
+    instance name is the port it listens on (``mlflow@5000``, ``mlflow@5001``, ...)."""
+    replicated = server.replicas > 1
     writable = []
     if server.backend_store_uri.startswith("sqlite:"):
         db_path = server.backend_store_uri.split("///", 1)[-1]
@@ -122,20 +149,41 @@ def render_systemd(server: Server, *, mlflow_bin: str = "/opt/mlflow/venv/bin/ml
         writable.append(art if art.startswith("/") else "/var/lib/mlflow")
     writable = sorted(set(writable)) or ["/var/lib/mlflow"]
     lines: list[str] = []
-    for arg in server_args(server):
+    for arg in server_args(server, port="%i" if replicated else None):
         if arg.startswith("--") or not lines:
             lines.append(arg)
         else:
             lines[-1] += " " + shlex.quote(arg)
     args = " \\\n    ".join(lines)
-    return f"""# Generated by `mlflow-ci server config` from the server: profile.
+    if replicated:
+        ports = replica_ports(server)
+        head = f"""# Generated by `mlflow-ci server config` from the server: profile: one of {server.replicas} replicas.
+# Install: /etc/systemd/system/mlflow@.service and mlflow.target; secrets in /etc/mlflow/mlflow.env (mode 0600).
+# One instance per replica, named by its port (mlflow@{ports[0]} ... mlflow@{ports[-1]}), all on the same database
+# and artifact store. On an empty database start one first (it creates the tables), then the rest:
+#   systemctl start mlflow@{ports[0]} && systemctl enable --now mlflow.target
+# Rolling restart, one at a time (nginx sends requests to the others meanwhile):
+#   for p in {" ".join(map(str, ports))}; do systemctl restart mlflow@$p; until curl -fso /dev/null 127.0.0.1:$p/health; do sleep 1; done; done
+# The job runner (GenAI scorers, prompt optimization) stays off on every replica: its queue lives in one process.
+# Schema upgrades are NOT run here: use `mlflow-ci server upgrade` (it backs up first) with every replica stopped.
+[Unit]
+Description=MLflow tracking server ({MLFLOW_VERSION}), replica on port %i
+After=network-online.target
+Wants=network-online.target
+PartOf=mlflow.target
+"""
+        install = "mlflow.target"
+    else:
+        head = f"""# Generated by `mlflow-ci server config` from the server: profile.
 # Install: /etc/systemd/system/mlflow.service; secrets in /etc/mlflow/mlflow.env (mode 0600).
 # Schema upgrades are NOT run here: use `mlflow-ci server upgrade` (it backs up first).
 [Unit]
 Description=MLflow tracking server ({MLFLOW_VERSION})
 After=network-online.target
 Wants=network-online.target
-
+"""
+        install = "multi-user.target"
+    return f"""{head}
 [Service]
 Type=simple
 User=mlflow
@@ -175,21 +223,89 @@ SystemCallFilter=@system-service
 UMask=0027
 
 [Install]
+WantedBy={install}
+"""
+
+
+def render_systemd_target(server: Server) -> str:
+    """``mlflow.target``: wants one ``mlflow@<port>.service`` per replica; start, stop and restart them as one."""
+    instances = " ".join(f"mlflow@{port}.service" for port in replica_ports(server))
+    return f"""# Generated by `mlflow-ci server config` from the server: profile: the {server.replicas} MLflow replicas as one.
+# Install: /etc/systemd/system/mlflow.target beside mlflow@.service; then `systemctl enable --now mlflow.target`.
+# Stopping or restarting the target stops or restarts every replica at once: restart one at a time instead.
+[Unit]
+Description=MLflow tracking server, {server.replicas} replicas
+Wants={instances}
+After=network-online.target
+
+[Install]
 WantedBy=multi-user.target
 """
 
 
+def compose_services(server: Server) -> list[str]:
+    """The compose file's MLflow services: ``mlflow``, or ``mlflow-1`` ... ``mlflow-N`` with replicas."""
+    return ["mlflow"] if server.replicas == 1 else [f"mlflow-{i}" for i in range(1, server.replicas + 1)]
+
+
 def render_compose(server: Server) -> str:
     host = _public_host(server)
-    hosts = ",".join([*allowed_hosts(server), "mlflow", "mlflow:5000"])
-    app = f"\n      --app-name {server.app_name}" if server.app_name else ""
+    names = compose_services(server)
+    hosts = ",".join(dict.fromkeys([*allowed_hosts(server), *names, *(f"{name}:5000" for name in names)]))
+    app = f"\n  --app-name {server.app_name}" if server.app_name else ""
+    # One MLflow service definition (keys at the left margin); every replica runs it.
+    mlflow = f"""build:
+  context: .
+  dockerfile_inline: |
+    FROM python:3.11-slim
+    RUN pip install --no-cache-dir mlflow=={MLFLOW_VERSION} psycopg2-binary boto3 Flask-WTF
+    USER 1000:1000
+restart: unless-stopped
+depends_on:
+  postgres: {{condition: service_healthy}}
+  s3: {{condition: service_started}}
+environment:
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION: "false"
+  MLFLOW_DISABLE_TELEMETRY: "true"
+  MLFLOW_S3_ENDPOINT_URL: http://s3:8333
+  AWS_ACCESS_KEY_ID: ${{AWS_ACCESS_KEY_ID:?set in .env}}
+  AWS_SECRET_ACCESS_KEY: ${{AWS_SECRET_ACCESS_KEY:?set in .env}}
+  BACKEND: postgresql+psycopg2://mlflow:${{POSTGRES_PASSWORD}}@postgres:5432/mlflow
+command: >
+  mlflow server
+  --backend-store-uri postgresql+psycopg2://mlflow:${{POSTGRES_PASSWORD}}@postgres:5432/mlflow
+  --artifacts-destination s3://mlflow-artifacts
+  --serve-artifacts
+  --host 0.0.0.0 --port 5000
+  --workers {server.workers}
+  --allowed-hosts {hosts}{app}
+expose: ["5000"]
+healthcheck:
+  test: ["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/health')"]
+  interval: 15s
+  retries: 5
+"""
+    if server.replicas == 1:
+        anchor = ""
+        services = "  mlflow:\n" + textwrap.indent(mlflow, "    ")
+        title = f"MLflow {MLFLOW_VERSION}"
+    else:
+        anchor = (
+            f"\n# The {server.replicas} MLflow replicas run this one definition (stateless: one database, one artifact"
+            "\n# store); the job runner is off on each, its queue would live in one process.\n"
+            f"x-mlflow: &mlflow\n  image: mlflow-ci/mlflow:{MLFLOW_VERSION}\n" + textwrap.indent(mlflow, "  ")
+        )
+        services = "".join(f"  {name}: *mlflow\n" for name in names)
+        title = f"{server.replicas} MLflow {MLFLOW_VERSION} replicas"
+    first = names[0]
+    depends = "[" + ", ".join(names) + "]"
     return f"""# Generated by `mlflow-ci server config` from the server: profile.
-# One host: MLflow {MLFLOW_VERSION} + PostgreSQL 15 + SeaweedFS (S3) + nginx (TLS, auth, large bodies).
+# One host: {title} + PostgreSQL 15 + SeaweedFS (S3) + nginx (TLS, auth, large bodies).
 # Secrets come from .env (see mlflow.env.example) and seaweedfs-s3.json (see its .example); certificates
 # from ./tls; users from ./mlflow.htpasswd (`htpasswd -B -c mlflow.htpasswd USER`).
-# Schema upgrades are explicit: `docker compose run --rm mlflow mlflow db upgrade "$$BACKEND"` after a backup.
+# Schema upgrades are explicit: `docker compose run --rm {first} mlflow db upgrade "$$BACKEND"` after a backup.
 name: mlflow
-
+{anchor}
 services:
   postgres:
     image: postgres:15
@@ -212,42 +328,11 @@ services:
       - s3data:/data
       - ./seaweedfs-s3.json:/etc/seaweedfs/s3.json:ro
 
-  mlflow:
-    build:
-      context: .
-      dockerfile_inline: |
-        FROM python:3.11-slim
-        RUN pip install --no-cache-dir mlflow=={MLFLOW_VERSION} psycopg2-binary boto3 Flask-WTF
-        USER 1000:1000
-    restart: unless-stopped
-    depends_on:
-      postgres: {{condition: service_healthy}}
-      s3: {{condition: service_started}}
-    environment:
-      MLFLOW_SERVER_ENABLE_JOB_EXECUTION: "false"
-      MLFLOW_DISABLE_TELEMETRY: "true"
-      MLFLOW_S3_ENDPOINT_URL: http://s3:8333
-      AWS_ACCESS_KEY_ID: ${{AWS_ACCESS_KEY_ID:?set in .env}}
-      AWS_SECRET_ACCESS_KEY: ${{AWS_SECRET_ACCESS_KEY:?set in .env}}
-      BACKEND: postgresql+psycopg2://mlflow:${{POSTGRES_PASSWORD}}@postgres:5432/mlflow
-    command: >
-      mlflow server
-      --backend-store-uri postgresql+psycopg2://mlflow:${{POSTGRES_PASSWORD}}@postgres:5432/mlflow
-      --artifacts-destination s3://mlflow-artifacts
-      --serve-artifacts
-      --host 0.0.0.0 --port 5000
-      --workers {server.workers}
-      --allowed-hosts {hosts}{app}
-    expose: ["5000"]
-    healthcheck:
-      test: ["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/health')"]
-      interval: 15s
-      retries: 5
-
+{services}
   nginx:
     image: nginx:1.27
     restart: unless-stopped
-    depends_on: [mlflow]
+    depends_on: {depends}
     ports: ["80:80", "443:443"]
     volumes:
       - ./nginx-compose.conf:/etc/nginx/conf.d/default.conf:ro
@@ -291,10 +376,17 @@ def render_seaweedfs_config() -> str:
 
 def render_all(server: Server) -> dict[str, str]:
     compose_site = server.model_copy(update={"host": "mlflow", "port": 5000})
-    return {
+    files = {
         "nginx.conf": render_nginx(server),
-        "nginx-compose.conf": render_nginx(compose_site, upstream="mlflow:5000"),
-        "mlflow.service": render_systemd(server),
+        "nginx-compose.conf": render_nginx(
+            compose_site, upstreams=[f"{name}:5000" for name in compose_services(server)]
+        ),
+        systemd_unit_name(server): render_systemd(server),
+    }
+    if server.replicas > 1:
+        files["mlflow.target"] = render_systemd_target(server)
+    return {
+        **files,
         "compose.yaml": render_compose(server),
         "mlflow.env.example": render_env_example(server),
         "seaweedfs-s3.json.example": render_seaweedfs_config(),

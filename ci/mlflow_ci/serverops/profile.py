@@ -7,6 +7,8 @@ defaults in the models < ``mlflow-ci.yaml`` < ``MLFLOW_CI__SERVER__*`` variables
 The profile also knows how to turn itself into ``mlflow server`` arguments: proxied artifact
 serving, ``--allowed-hosts`` derived from the public URL (the first thing that breaks behind a
 proxy), workers, the auth app.  ``mlflow db upgrade`` is never implied: see :func:`upgrade`.
+With ``replicas: N`` the same arguments run N stateless servers, replica i on ``port + i``
+(:func:`replica_ports`), on one database and one artifact store behind nginx.
 """
 
 from __future__ import annotations
@@ -99,18 +101,26 @@ def allowed_hosts(server: Server) -> list[str]:
             hosts.append(parsed.hostname)
             if parsed.port:
                 hosts.append(f"{parsed.hostname}:{parsed.port}")
-    hosts += ["localhost", "127.0.0.1", f"localhost:{server.port}", f"127.0.0.1:{server.port}"]
+    hosts += ["localhost", "127.0.0.1"]
+    for port in replica_ports(server):
+        hosts += [f"localhost:{port}", f"127.0.0.1:{port}"]
     hosts += server.allowed_hosts
     return list(dict.fromkeys(hosts))
 
 
-def server_args(server: Server) -> list[str]:
-    """``mlflow server`` arguments for a profile (without the executable)."""
+def replica_ports(server: Server) -> list[int]:
+    """The port of each replica: ``server.port``, ``server.port + 1``, ... (one with ``replicas: 1``)."""
+    return [server.port + i for i in range(server.replicas)]
+
+
+def server_args(server: Server, *, port: int | str | None = None) -> list[str]:
+    """``mlflow server`` arguments for a profile (without the executable); ``port``: one replica's
+    (``%i`` in a templated systemd unit), ``server.port`` by default."""
     args = [
         "--backend-store-uri", server.backend_store_uri,
         "--artifacts-destination", server.artifacts_destination,
         "--host", server.host,
-        "--port", str(server.port),
+        "--port", str(server.port if port is None else port),
         "--workers", str(server.workers),
         "--allowed-hosts", ",".join(allowed_hosts(server)),
     ]  # fmt: skip
@@ -120,8 +130,9 @@ def server_args(server: Server) -> list[str]:
     return args
 
 
-def up_kwargs(server: Server) -> dict[str, Any]:
-    """Keyword arguments for :func:`mlflow_ci.mlflowio.tracking.up` that start the profile's server.
+def up_kwargs(server: Server, *, port: int | None = None) -> dict[str, Any]:
+    """Keyword arguments for :func:`mlflow_ci.mlflowio.tracking.up` that start the profile's server
+    (``port``: one replica's, ``server.port`` by default).
 
     The backend, artifact root, host, port and workers map onto TrackingServer's own flags; the
     rest (allowed hosts, the auth app, artifact proxying off) are extra arguments.  The health
@@ -136,7 +147,7 @@ def up_kwargs(server: Server) -> dict[str, Any]:
         "backend_store_uri": server.backend_store_uri,
         "artifacts_destination": server.artifacts_destination,
         "host": server.host,
-        "port": server.port,
+        "port": server.port if port is None else port,
         "workers": server.workers,
         "extra_args": extra,
         "env": server_env(server),
